@@ -1,0 +1,20 @@
+"""fastcnn: a CPU CNN library whose convolution and pooling run as Numba kernels."""
+
+from . import functional
+from .data import CLASS_NAMES, load_dataset, load_fashion_mnist
+from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
+from .losses import SoftmaxCrossEntropy, softmax
+from .model import History, Sequential, TrainingDiverged, seed_arch
+from .optim import SGD, Adam, Constant, CosineDecay, StepDecay
+from .threads import set_threads
+
+__version__ = "0.1.0"
+
+load_model = Sequential.load
+
+__all__ = [
+    "CLASS_NAMES", "Adam", "Constant", "Conv2D", "CosineDecay", "Dense", "Flatten", "History",
+    "Layer", "MaxPool2D", "ReLU", "SGD", "Sequential", "SoftmaxCrossEntropy", "StepDecay",
+    "TrainingDiverged", "functional", "load_dataset", "load_fashion_mnist", "load_model",
+    "seed_arch", "set_threads", "softmax",
+]

@@ -1,0 +1,190 @@
+"""Stateless, validated convolution and pooling (the ``nn.functional`` of fastcnn).
+
+Every function checks its arguments, works out the geometry and then calls either
+the Numba kernels (``backend="numba"``) or the NumPy oracles (``backend="numpy"``).
+Nothing reaches a kernel that could make it read or write out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import numpy as np
+
+from . import kernels, reference
+
+BACKENDS = ("numba", "numpy")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def backend_module(backend: str) -> ModuleType:
+    if backend == "numba":
+        return kernels
+    if backend == "numpy":
+        return reference
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def pair(value: int | tuple[int, int], name: str, minimum: int = 1) -> tuple[int, int]:
+    """Turn an int or a pair of ints into a validated (h, w) pair."""
+    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(items) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in items):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def check_array(a: object, name: str, ndim: int, dtype: np.dtype | None = None) -> np.ndarray:
+    """A C-contiguous float32/float64 array of `ndim` dimensions, or a clear error."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but the input is {dtype}; use one dtype")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    return np.ascontiguousarray(a)
+
+
+def _axis_geometry(size: int, k: int, stride: int, pad: object) -> tuple[int, int]:
+    """(pad_before, out_size) along one axis."""
+    if pad == "valid":
+        pad_before, out = 0, (size - k) // stride + 1 if size >= k else 0
+    elif pad == "same":
+        # Keras/TensorFlow convention: out = ceil(size / stride), extra padding at the end.
+        out = math.ceil(size / stride)
+        pad_before = max((out - 1) * stride + k - size, 0) // 2
+    else:
+        pad_before = pad
+        padded = size + 2 * pad
+        out = (padded - k) // stride + 1 if padded >= k else 0
+    return pad_before, out
+
+
+def conv_geometry(
+    in_h: int, in_w: int, kernel_size: tuple[int, int], stride: tuple[int, int], padding: object
+) -> tuple[int, int, int, int]:
+    """(pad_top, pad_left, out_h, out_w) of a convolution."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+        pads: tuple[object, object] = (padding, padding)
+    else:
+        pads = pair(padding, "padding", minimum=0)
+    pad_top, out_h = _axis_geometry(in_h, kernel_size[0], stride[0], pads[0])
+    pad_left, out_w = _axis_geometry(in_w, kernel_size[1], stride[1], pads[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"kernel {kernel_size} is larger than the padded input {(in_h, in_w)} "
+            f"(padding={padding!r})"
+        )
+    return pad_top, pad_left, out_h, out_w
+
+
+def _check_conv(x, weight, bias):
+    x = check_array(x, "x", 4)
+    weight = check_array(weight, "weight", 4, x.dtype)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"weight expects {weight.shape[1]} input channels, x has {x.shape[1]} "
+            f"(x shape {x.shape}, weight shape {weight.shape})"
+        )
+    if bias is None:
+        bias = np.zeros(weight.shape[0], dtype=x.dtype)
+    bias = check_array(bias, "bias", 1, x.dtype)
+    if bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    return x, weight, bias
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = "valid",
+    *,
+    relu: bool = False,
+    backend: str = "numba",
+) -> np.ndarray:
+    """2-D convolution. x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,) or None."""
+    x, weight, bias = _check_conv(x, weight, bias)
+    sh, sw = pair(stride, "stride")
+    geo = conv_geometry(x.shape[2], x.shape[3], weight.shape[2:], (sh, sw), padding)
+    y = backend_module(backend).conv2d_forward(x, weight, bias, sh, sw, *geo, bool(relu))
+    return y.astype(x.dtype, copy=False)
+
+
+def conv2d_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dy: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = "valid",
+    *,
+    need_input_grad: bool = True,
+    backend: str = "numba",
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx, dweight, dbias) of a convolution given the output gradient dy."""
+    x, weight, _ = _check_conv(x, weight, None)
+    sh, sw = pair(stride, "stride")
+    N, _, H, W = x.shape
+    KH, KW = weight.shape[2:]
+    pad_top, pad_left, out_h, out_w = conv_geometry(H, W, (KH, KW), (sh, sw), padding)
+    dy = check_array(dy, "dy", 4, x.dtype)
+    expected = (N, weight.shape[0], out_h, out_w)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    impl = backend_module(backend)
+    dx = None
+    if need_input_grad:
+        dx = impl.conv2d_backward_input(dy, weight, H, W, sh, sw, pad_top, pad_left)
+        dx = dx.astype(x.dtype, copy=False)
+    dw, db = impl.conv2d_backward_weight(x, dy, KH, KW, sh, sw, pad_top, pad_left)
+    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+
+
+def max_pool2d(
+    x: np.ndarray,
+    pool_size: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    *,
+    backend: str = "numba",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y, argmax) of max pooling; stride defaults to the pool size."""
+    x = check_array(x, "x", 4)
+    ph, pw = pair(pool_size, "pool_size")
+    sh, sw = pair(pool_size if stride is None else stride, "stride")
+    if ph > x.shape[2] or pw > x.shape[3]:
+        raise ValueError(f"pool_size {(ph, pw)} is larger than the input {x.shape[2:]}")
+    y, argmax = backend_module(backend).maxpool2d_forward(x, ph, pw, sh, sw)
+    return y.astype(x.dtype, copy=False), argmax
+
+
+def max_pool2d_backward(
+    dy: np.ndarray,
+    argmax: np.ndarray,
+    input_shape: tuple[int, int, int, int],
+    *,
+    backend: str = "numba",
+) -> np.ndarray:
+    """Input gradient of max pooling, from the argmax that `max_pool2d` returned."""
+    dy = check_array(dy, "dy", 4)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
+        raise TypeError("argmax must be the int64 array returned by max_pool2d")
+    if argmax.shape != dy.shape:
+        raise ValueError(f"argmax shape {argmax.shape} differs from dy shape {dy.shape}")
+    N, C, H, W = input_shape
+    if (N, C) != dy.shape[:2]:
+        raise ValueError(f"input_shape {input_shape} does not match dy shape {dy.shape}")
+    if argmax.min() < 0 or argmax.max() >= H * W:
+        raise ValueError(f"argmax holds indices outside the {H}x{W} input plane")
+    dx = backend_module(backend).maxpool2d_backward(dy, np.ascontiguousarray(argmax), H, W)
+    return dx.astype(dy.dtype, copy=False)

@@ -1,0 +1,245 @@
+"""Layers: thin, stateful wrappers that validate, call `fastcnn.functional` and keep
+what the backward pass needs. Shapes exclude the batch axis unless stated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from .initializers import initialize
+
+
+class Layer:
+    """Base class. A layer is built once for an input shape, then runs forward/backward."""
+
+    def __init__(self, backend: str = "numba") -> None:
+        F.backend_module(backend)  # validates the name
+        self.backend = backend
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.input_shape: tuple[int, ...] | None = None
+        self.output_shape: tuple[int, ...] | None = None
+
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator,
+              dtype: np.dtype = np.float32) -> tuple[int, ...]:
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    def _check_input(self, x: np.ndarray) -> None:
+        if self.input_shape is None:
+            raise RuntimeError(f"{type(self).__name__} is not built; put it in a Sequential")
+        if not isinstance(x, np.ndarray) or x.ndim != len(self.input_shape) + 1 \
+                or x.shape[1:] != self.input_shape:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (N, "
+                f"{', '.join(map(str, self.input_shape))}), got {shape}"
+            )
+
+    def _need_forward(self, saved: object) -> None:
+        if saved is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward(training=True)")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _activation(name: str | None) -> str | None:
+    if name not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {name!r}")
+    return name
+
+
+class Conv2D(Layer):
+    """2-D convolution over (C, H, W) inputs; weight (filters, C, KH, KW), bias (filters,).
+
+    ``activation="relu"`` fuses the ReLU into the convolution kernel.
+    """
+
+    def __init__(self, filters: int, kernel_size: int | tuple[int, int], stride=1,
+                 padding: str | int | tuple[int, int] = "valid", activation: str | None = None,
+                 kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
+        super().__init__(backend)
+        self.filters = F.pair(filters, "filters")[0]
+        self.kernel_size = F.pair(kernel_size, "kernel_size")
+        self.stride = F.pair(stride, "stride")
+        if isinstance(padding, str):
+            F.conv_geometry(1, 1, (1, 1), (1, 1), padding)  # validates the word
+        else:
+            padding = F.pair(padding, "padding", minimum=0)
+        self.padding = padding
+        self.activation = _activation(activation)
+        self.kernel_initializer = kernel_initializer
+        self._x = self._y = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv2D expects (C, H, W) inputs, got shape {input_shape}")
+        _, _, oh, ow = F.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
+                                       self.stride, self.padding)
+        return (self.filters, oh, ow)
+
+    def build(self, input_shape, rng, dtype=np.float32):
+        out = super().build(input_shape, rng, dtype)
+        shape = (self.filters, input_shape[0], *self.kernel_size)
+        fan_in = input_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+        fan_out = self.filters * self.kernel_size[0] * self.kernel_size[1]
+        self.params = {
+            "weight": initialize(self.kernel_initializer, shape, fan_in, fan_out, rng, dtype),
+            "bias": np.zeros(self.filters, dtype=dtype),
+        }
+        return out
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride, self.padding,
+                     relu=self.activation == "relu", backend=self.backend)
+        if training:
+            self._x, self._y = x, y
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        self._need_forward(self._x)
+        if self.activation == "relu":
+            dy = np.where(self._y > 0, dy, 0).astype(dy.dtype, copy=False)
+        dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
+                                       self.padding, need_input_grad=need_input_grad,
+                                       backend=self.backend)
+        self.grads = {"weight": dw, "bias": db}
+        return dx
+
+    def get_config(self):
+        return {"filters": self.filters, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "activation": self.activation, "kernel_initializer": self.kernel_initializer}
+
+
+class ReLU(Layer):
+    def __init__(self, backend: str = "numba") -> None:
+        super().__init__(backend)
+        self._mask = None
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y = np.maximum(x, 0)
+        if training:
+            self._mask = x > 0
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        self._need_forward(self._mask)
+        return np.where(self._mask, dy, 0).astype(dy.dtype, copy=False)
+
+
+class MaxPool2D(Layer):
+    """Max pooling over (C, H, W) inputs; stride defaults to the pool size."""
+
+    def __init__(self, pool_size: int | tuple[int, int] = 2,
+                 stride: int | tuple[int, int] | None = None, backend: str = "numba") -> None:
+        super().__init__(backend)
+        self.pool_size = F.pair(pool_size, "pool_size")
+        self.stride = F.pair(self.pool_size if stride is None else stride, "stride")
+        self._argmax = None
+        self._shape = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"MaxPool2D expects (C, H, W) inputs, got shape {input_shape}")
+        c, h, w = input_shape
+        (ph, pw), (sh, sw) = self.pool_size, self.stride
+        if ph > h or pw > w:
+            raise ValueError(f"pool_size {self.pool_size} is larger than the input {(h, w)}")
+        return (c, (h - ph) // sh + 1, (w - pw) // sw + 1)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y, argmax = F.max_pool2d(x, self.pool_size, self.stride, backend=self.backend)
+        if training:
+            self._argmax, self._shape = argmax, x.shape
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        self._need_forward(self._argmax)
+        return F.max_pool2d_backward(dy, self._argmax, self._shape, backend=self.backend)
+
+    def get_config(self):
+        return {"pool_size": list(self.pool_size), "stride": list(self.stride)}
+
+
+class Flatten(Layer):
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_input_grad=True):
+        return dy.reshape(dy.shape[0], *self.input_shape)
+
+
+class Dense(Layer):
+    """Fully connected layer y = x @ weight + bias; weight (in, units), bias (units,)."""
+
+    def __init__(self, units: int, activation: str | None = None,
+                 kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
+        super().__init__(backend)
+        self.units = F.pair(units, "units")[0]
+        self.activation = _activation(activation)
+        self.kernel_initializer = kernel_initializer
+        self._x = self._y = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Dense expects flat inputs (features,), got shape {input_shape}; "
+                             "put a Flatten before it")
+        return (self.units,)
+
+    def build(self, input_shape, rng, dtype=np.float32):
+        out = super().build(input_shape, rng, dtype)
+        n_in = input_shape[0]
+        self.params = {
+            "weight": initialize(self.kernel_initializer, (n_in, self.units), n_in, self.units,
+                                 rng, dtype),
+            "bias": np.zeros(self.units, dtype=dtype),
+        }
+        return out
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y = x @ self.params["weight"] + self.params["bias"]
+        if self.activation == "relu":
+            np.maximum(y, 0, out=y)
+        if training:
+            self._x, self._y = x, y
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        self._need_forward(self._x)
+        if self.activation == "relu":
+            dy = np.where(self._y > 0, dy, 0).astype(dy.dtype, copy=False)
+        self.grads = {"weight": self._x.T @ dy, "bias": dy.sum(axis=0)}
+        return dy @ self.params["weight"].T if need_input_grad else None
+
+    def get_config(self):
+        return {"units": self.units, "activation": self.activation,
+                "kernel_initializer": self.kernel_initializer}
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, ReLU, MaxPool2D, Flatten, Dense)}

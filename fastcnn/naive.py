@@ -1,0 +1,85 @@
+"""Naive-loop oracles shaped like the original per-sample NumPy CNN.
+
+Same names and arguments as ``fastcnn.kernels`` and ``fastcnn.reference``; float64
+results. They iterate over image regions one at a time, as the original code does,
+and serve as the slow baseline in the benchmarks.
+"""
+
+import numpy as np
+
+from .reference import _padded
+
+
+def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
+    F, C, KH, KW = weight.shape
+    xp = _padded(x, pad_top, pad_left, out_h, out_w, stride_h, stride_w, KH, KW)
+    w = weight.astype(np.float64)
+    y = np.zeros((x.shape[0], F, out_h, out_w))
+    for n in range(x.shape[0]):
+        for i in range(out_h):
+            for j in range(out_w):
+                region = xp[n, :, i * stride_h:i * stride_h + KH, j * stride_w:j * stride_w + KW]
+                for f in range(F):
+                    y[n, f, i, j] = np.sum(region * w[f]) + bias[f]
+    return np.maximum(y, 0.0) if relu else y
+
+
+def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = weight.shape
+    w = weight.astype(np.float64)
+    Hp = max(in_h + pad_top, (OH - 1) * stride_h + KH)
+    Wp = max(in_w + pad_left, (OW - 1) * stride_w + KW)
+    dxp = np.zeros((N, C, Hp, Wp))
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                for f in range(F):
+                    dxp[n, :, i * stride_h:i * stride_h + KH,
+                        j * stride_w:j * stride_w + KW] += dy[n, f, i, j] * w[f]
+    return dxp[:, :, pad_top:pad_top + in_h, pad_left:pad_left + in_w].copy()
+
+
+def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
+    N, F, OH, OW = dy.shape
+    xp = _padded(x, pad_top, pad_left, OH, OW, stride_h, stride_w, kernel_h, kernel_w)
+    dw = np.zeros((F, x.shape[1], kernel_h, kernel_w))
+    db = np.zeros(F)
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                region = xp[n, :, i * stride_h:i * stride_h + kernel_h,
+                            j * stride_w:j * stride_w + kernel_w]
+                for f in range(F):
+                    dw[f] += dy[n, f, i, j] * region
+                    db[f] += dy[n, f, i, j]
+    return dw, db
+
+
+def maxpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
+    N, C, H, W = x.shape
+    OH = (H - pool_h) // stride_h + 1
+    OW = (W - pool_w) // stride_w + 1
+    y = np.zeros((N, C, OH, OW))
+    argmax = np.zeros((N, C, OH, OW), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    region = x[n, c, i * stride_h:i * stride_h + pool_h,
+                               j * stride_w:j * stride_w + pool_w]
+                    a, b = divmod(int(np.argmax(region)), pool_w)
+                    y[n, c, i, j] = region[a, b]
+                    argmax[n, c, i, j] = (i * stride_h + a) * W + j * stride_w + b
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, in_h, in_w):
+    N, C, OH, OW = dy.shape
+    dx = np.zeros((N, C, in_h * in_w))
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    dx[n, c, argmax[n, c, i, j]] += dy[n, c, i, j]
+    return dx.reshape(N, C, in_h, in_w)

@@ -1,0 +1,79 @@
+"""Vectorised NumPy oracles of the Numba kernels: same names, same arguments.
+
+They compute in float64 and return float64, whatever the input dtype, so that
+tests can compare the float32 kernels against them with stated tolerances.
+``fastcnn.naive`` holds the same functions as plain loops.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _padded(x, pad_top, pad_left, out_h, out_w, stride_h, stride_w, kernel_h, kernel_w):
+    N, C, H, W = x.shape
+    Hp = max(H + pad_top, (out_h - 1) * stride_h + kernel_h)
+    Wp = max(W + pad_left, (out_w - 1) * stride_w + kernel_w)
+    xp = np.zeros((N, C, Hp, Wp))
+    xp[:, :, pad_top:pad_top + H, pad_left:pad_left + W] = x
+    return xp
+
+
+def _windows(xp, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w):
+    """(N, C, out_h, out_w, KH, KW) view of the receptive fields."""
+    win = sliding_window_view(xp, (kernel_h, kernel_w), axis=(2, 3))
+    return win[:, :, ::stride_h, ::stride_w][:, :, :out_h, :out_w]
+
+
+def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
+    F, C, KH, KW = weight.shape
+    xp = _padded(x, pad_top, pad_left, out_h, out_w, stride_h, stride_w, KH, KW)
+    win = _windows(xp, KH, KW, stride_h, stride_w, out_h, out_w)
+    y = np.einsum("nchwij,fcij->nfhw", win, weight.astype(np.float64), optimize=True)
+    y += bias.astype(np.float64)[None, :, None, None]
+    return np.maximum(y, 0.0) if relu else y
+
+
+def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = weight.shape
+    dy = dy.astype(np.float64)
+    w = weight.astype(np.float64)
+    Hp = max(in_h + pad_top, (OH - 1) * stride_h + KH)
+    Wp = max(in_w + pad_left, (OW - 1) * stride_w + KW)
+    dxp = np.zeros((N, C, Hp, Wp))
+    for ki in range(KH):
+        for kj in range(KW):
+            contrib = np.einsum("nfhw,fc->nchw", dy, w[:, :, ki, kj])
+            dxp[:, :, ki:ki + stride_h * (OH - 1) + 1:stride_h,
+                kj:kj + stride_w * (OW - 1) + 1:stride_w] += contrib
+    return dxp[:, :, pad_top:pad_top + in_h, pad_left:pad_left + in_w].copy()
+
+
+def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
+    N, F, OH, OW = dy.shape
+    xp = _padded(x, pad_top, pad_left, OH, OW, stride_h, stride_w, kernel_h, kernel_w)
+    win = _windows(xp, kernel_h, kernel_w, stride_h, stride_w, OH, OW)
+    dy = dy.astype(np.float64)
+    dw = np.einsum("nfhw,nchwij->fcij", dy, win, optimize=True)
+    return dw, dy.sum(axis=(0, 2, 3))
+
+
+def maxpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
+    N, C, H, W = x.shape
+    OH = (H - pool_h) // stride_h + 1
+    OW = (W - pool_w) // stride_w + 1
+    win = _windows(x.astype(np.float64), pool_h, pool_w, stride_h, stride_w, OH, OW)
+    flat = win.reshape(N, C, OH, OW, pool_h * pool_w)
+    local = np.argmax(flat, axis=-1)  # first maximum; NaN counts as the maximum
+    y = np.take_along_axis(flat, local[..., None], axis=-1)[..., 0]
+    rows = np.arange(OH)[:, None] * stride_h + local // pool_w
+    cols = np.arange(OW)[None, :] * stride_w + local % pool_w
+    return y, (rows * W + cols).astype(np.int64)
+
+
+def maxpool2d_backward(dy, argmax, in_h, in_w):
+    N, C, OH, OW = dy.shape
+    dx = np.zeros((N * C, in_h * in_w))
+    planes = np.repeat(np.arange(N * C), OH * OW)
+    np.add.at(dx, (planes, argmax.reshape(-1)), dy.astype(np.float64).reshape(-1))
+    return dx.reshape(N, C, in_h, in_w)

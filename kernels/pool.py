@@ -1,0 +1,58 @@
+"""2-D max-pooling kernels over NCHW mini-batches (no padding, floor output size)."""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
+    """Max over each pool window.
+
+    x: (N, C, H, W). Returns (y: (N, C, OH, OW), argmax: (N, C, OH, OW) int64),
+    where argmax is the flat index h * W + w of the window's first maximum in its
+    (H, W) plane; a NaN in a window wins, as in PyTorch.
+    """
+    N, C, H, W = x.shape
+    OH = (H - pool_h) // stride_h + 1
+    OW = (W - pool_w) // stride_w + 1
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int64)
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        plane = x[n, c]
+        for i in range(OH):
+            for j in range(OW):
+                h0 = i * stride_h
+                w0 = j * stride_w
+                best = plane[h0, w0]
+                where = h0 * W + w0
+                for a in range(pool_h):
+                    row = plane[h0 + a]
+                    for b in range(pool_w):
+                        v = row[w0 + b]
+                        if v > best or (v != v and best == best):
+                            best = v
+                            where = (h0 + a) * W + w0 + b
+                y[n, c, i, j] = best
+                argmax[n, c, i, j] = where
+    return y, argmax
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(dy, argmax, in_h, in_w):
+    """Route each output gradient to the input position that held the maximum.
+
+    dy, argmax: (N, C, OH, OW). Returns dx: (N, C, in_h, in_w); overlapping
+    windows that share a maximum add up their gradients.
+    """
+    N, C, OH, OW = dy.shape
+    dx = np.zeros((N, C, in_h * in_w), dtype=dy.dtype)
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        plane = dx[n, c]
+        for i in range(OH):
+            for j in range(OW):
+                plane[argmax[n, c, i, j]] += dy[n, c, i, j]
+    return dx.reshape((N, C, in_h, in_w))

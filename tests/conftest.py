@@ -1,0 +1,17 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Kernels compile on first use; a deadline would time the compiler, not the code.
+settings.register_profile("fastcnn", deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "fastcnn")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,170 @@
+"""Numba kernels against the vectorised and the naive NumPy oracles on random shapes."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastcnn import functional, kernels, naive, reference
+
+RTOL = 1e-4
+ORACLES = [reference, naive]
+
+
+def assert_close32(actual, expected, magnitude):
+    """float32 result vs float64 oracle: rtol 1e-4 plus an atol scaled to the terms summed.
+
+    `magnitude` is the oracle applied to |inputs|: the sum of absolute terms per output,
+    which bounds the float32 rounding error of the sum.
+    """
+    assert actual.dtype == np.float32
+    atol = 1e-6 * float(np.max(np.abs(magnitude), initial=1.0))
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=atol)
+
+
+@st.composite
+def conv_cases(draw, max_n=3):
+    n = draw(st.integers(1, max_n))
+    c = draw(st.integers(1, 4))
+    f = draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 3),
+                             st.tuples(st.integers(0, 3), st.integers(0, 3))))
+    h = draw(st.integers(1, 13))
+    w = draw(st.integers(1, 13))
+    try:
+        geo = functional.conv_geometry(h, w, (kh, kw), (sh, sw), padding)
+    except ValueError:
+        geo = None
+    seed = draw(st.integers(0, 2**32 - 1))
+    return (n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed)
+
+
+def make_conv(case, dtype=np.float32):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, c, h, w)).astype(dtype)
+    wt = r.standard_normal((f, c, kh, kw)).astype(dtype)
+    b = r.standard_normal(f).astype(dtype)
+    return x, wt, b
+
+
+@given(conv_cases())
+def test_conv2d_forward_matches_oracles(case):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None:
+        return
+    x, wt, b = make_conv(case)
+    for relu in (False, True):
+        y = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, relu)
+        mag = reference.conv2d_forward(np.abs(x), np.abs(wt), np.abs(b), sh, sw, *geo, False)
+        for oracle in ORACLES:
+            assert_close32(y, oracle.conv2d_forward(x, wt, b, sh, sw, *geo, relu), mag)
+
+
+@given(conv_cases())
+def test_conv2d_backward_matches_oracles(case):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None:
+        return
+    x, wt, b = make_conv(case)
+    pt, pl, oh, ow = geo
+    dy = np.random.default_rng(seed + 1).standard_normal((n, f, oh, ow)).astype(np.float32)
+    dx = kernels.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl)
+    dw, db = kernels.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl)
+    mag_dx = reference.conv2d_backward_input(np.abs(dy), np.abs(wt), h, w, sh, sw, pt, pl)
+    mag_dw, mag_db = reference.conv2d_backward_weight(np.abs(x), np.abs(dy), kh, kw, sh, sw,
+                                                      pt, pl)
+    for oracle in ORACLES:
+        assert_close32(dx, oracle.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl), mag_dx)
+        rdw, rdb = oracle.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl)
+        assert_close32(dw, rdw, mag_dw)
+        assert_close32(db, rdb, mag_db)
+
+
+@given(conv_cases(max_n=2))
+def test_conv2d_float64_kernels_match_tightly(case):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None:
+        return
+    x, wt, b = make_conv(case, np.float64)
+    pt, pl, oh, ow = geo
+    y = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, True)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, wt, b, sh, sw, *geo, True),
+                               rtol=1e-10, atol=1e-12)
+    dy = np.ones((n, f, oh, ow))
+    np.testing.assert_allclose(kernels.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl),
+                               reference.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl),
+                               rtol=1e-10, atol=1e-12)
+    dw, db = kernels.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl)
+    rdw, rdb = reference.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(db, rdb, rtol=1e-10, atol=1e-12)
+
+
+@st.composite
+def pool_cases(draw):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(ph, 13)), draw(st.integers(pw, 13))
+    ties = draw(st.booleans())
+    return n, c, h, w, ph, pw, sh, sw, ties, draw(st.integers(0, 2**32 - 1))
+
+
+@given(pool_cases())
+def test_maxpool_matches_oracles(case):
+    n, c, h, w, ph, pw, sh, sw, ties, seed = case
+    r = np.random.default_rng(seed)
+    # Few distinct values make ties common: the first maximum must win everywhere.
+    x = (r.integers(-2, 3, (n, c, h, w)) if ties else r.standard_normal((n, c, h, w)))
+    x = x.astype(np.float32)
+    y, arg = kernels.maxpool2d_forward(x, ph, pw, sh, sw)
+    dy = r.standard_normal(y.shape).astype(np.float32)
+    dx = kernels.maxpool2d_backward(dy, arg, h, w)
+    for oracle in ORACLES:
+        ry, rarg = oracle.maxpool2d_forward(x, ph, pw, sh, sw)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(arg, rarg)
+        rdx = oracle.maxpool2d_backward(dy, rarg, h, w)
+        np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=1e-6)
+
+
+def test_maxpool_propagates_nan():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    x[0, 0, 1, 0] = np.nan
+    y, arg = kernels.maxpool2d_forward(x, 2, 2, 2, 2)
+    assert np.isnan(y[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 2
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_seed_arch_shapes_match_oracle(batch, rng):
+    """The exact SEED-ARCH layer shapes, batch 1 included."""
+    x = rng.standard_normal((batch, 6, 28, 28)).astype(np.float32)
+    wt = rng.standard_normal((6, 6, 5, 5)).astype(np.float32) * 0.1
+    b = rng.standard_normal(6).astype(np.float32)
+    geo = functional.conv_geometry(28, 28, (5, 5), (1, 1), "same")
+    assert geo == (2, 2, 28, 28)
+    y = kernels.conv2d_forward(x, wt, b, 1, 1, *geo, True)
+    mag = reference.conv2d_forward(np.abs(x), np.abs(wt), np.abs(b), 1, 1, *geo, False)
+    assert_close32(y, reference.conv2d_forward(x, wt, b, 1, 1, *geo, True), mag)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dw, db = kernels.conv2d_backward_weight(x, dy, 5, 5, 1, 1, 2, 2)
+    rdw, rdb = reference.conv2d_backward_weight(x, dy, 5, 5, 1, 1, 2, 2)
+    mag_dw, _ = reference.conv2d_backward_weight(np.abs(x), np.abs(dy), 5, 5, 1, 1, 2, 2)
+    assert_close32(dw, rdw, mag_dw)
+
+
+@pytest.mark.parametrize("padding,expected", [
+    ("same", (2, 2, 28, 28)), ("valid", (0, 0, 24, 24)), (1, (1, 1, 26, 26)),
+    ((0, 2), (0, 2, 24, 28)),
+])
+def test_conv_geometry(padding, expected):
+    assert functional.conv_geometry(28, 28, (5, 5), (1, 1), padding) == expected
+
+
+def test_same_padding_with_stride_follows_keras():
+    # TensorFlow: out = ceil(7/2) = 4, total pad = (4-1)*2 + 3 - 7 = 2, one before.
+    assert functional.conv_geometry(7, 8, (3, 3), (2, 2), "same") == (1, 0, 4, 4)
