@@ -1,0 +1,87 @@
+"""python -m fastcnn.train: smoke test, clean failures, and the full-data accuracy run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastcnn.data
+from fastcnn import train
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fastcnn.train", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_smoke_on_sample(tmp_path):
+    metrics_path = tmp_path / "m.json"
+    proc = run("--dataset", "sample", "--epochs", "1", "--limit", "640", "--threads", "1",
+               "--quiet", "--out", str(tmp_path / "run"), "--metrics-json", str(metrics_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/1" in proc.stdout and "test_accuracy" in proc.stdout
+    m = json.loads(metrics_path.read_text())
+    assert set(m) >= {"test_accuracy", "macro_f1", "epoch_seconds", "train_samples_per_s",
+                      "compile_seconds", "settings"}
+    assert 0.3 < m["test_accuracy"] <= 1 and len(m["epoch_seconds"]) == 1
+    assert m["settings"]["limit"] == 640 and m["settings"]["threads"] == 1
+    assert (tmp_path / "run" / "model.npz").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == m
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "-3"], "--batch-size must be >= 1"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--momentum", "1.5"], "--momentum"),
+    (["--threads", "0"], "--threads"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--epochs", "two"], "invalid int value"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_flags_exit_2_with_one_line(args, message, capsys):
+    assert train.main(["--dataset", "sample", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_flag_subprocess_has_no_traceback():
+    proc = run("--epochs", "-1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_missing_data_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fastcnn.data, "DEBIAN_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(fastcnn.data, "MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTCNN_DATA", raising=False)
+    assert train.main(["--data-dir", str(tmp_path / "empty"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "dataset-fashion-mnist" in err
+
+
+def full_data_available():
+    try:
+        fastcnn.data.load_fashion_mnist("test", download=False)
+        return True
+    except fastcnn.data.DataError:
+        return False
+
+
+@pytest.mark.slow
+def test_one_epoch_on_full_data_reaches_087(tmp_path):
+    """The real thing: 60,000 training images, the full 10,000-image test set."""
+    if not full_data_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have the real data (apt-get install dataset-fashion-mnist)")
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    out = Path(tmp_path / "m.json")
+    assert train.main(["--epochs", "1", "--quiet", "--metrics-json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["test_accuracy"] >= 0.87
+    assert m["macro_f1"] >= 0.87
