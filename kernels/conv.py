@@ -38,8 +38,9 @@ def _fill_padded(xp, xn, pad_top, pad_left):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
-    """y = conv(x, weight) + bias, optionally followed by ReLU.
+def _conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                            relu):
+    """Any stride: y = conv(x, weight) + bias, optionally followed by ReLU.
 
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,); all one float dtype.
     Returns y: (N, F, out_h, out_w).
@@ -85,8 +86,8 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
-    """Gradient of the loss with respect to the convolution's input.
+def _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
+    """Any stride: gradient of the loss with respect to the convolution's input.
 
     dy: (N, F, OH, OW); weight: (F, C, KH, KW). Returns dx: (N, C, in_h, in_w).
     """
@@ -125,7 +126,7 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left):
-    """Per-chunk partial sums of the weight and bias gradients.
+    """Any stride: per-chunk partial sums of the weight and bias gradients.
 
     Returns (dw_parts: (chunks, F, C, KH, KW), db_parts: (chunks, F)).
     """
@@ -167,6 +168,210 @@ def _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left
     return dw_parts, db_parts
 
 
+# --- stride 1: flat rows -------------------------------------------------------------------
+# With stride 1, each (padded) image plane is stored flat with row pitch Wp. An output
+# position p = i * Wp + j then reads input p + ki * Wp + kj, so one kernel row is a
+# shifted copy of one long contiguous loop over the whole plane: long vectorised loops
+# instead of 28-wide ones. The Wp - out_w columns past each row's end are computed
+# and thrown away (or are zero, for gradients), which costs ~14% on SEED-ARCH.
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def _add_taps(acc, src, w, L):
+    """acc[p] += sum_t w[t] * src[p + t] for p < L, up to five taps per pass over acc."""
+    T = w.shape[0]
+    t = 0
+    while t < T:
+        r = T - t
+        if r >= 5:
+            w0, w1, w2, w3, w4 = w[t], w[t + 1], w[t + 2], w[t + 3], w[t + 4]
+            s0, s1, s2 = src[t:t + L], src[t + 1:t + 1 + L], src[t + 2:t + 2 + L]
+            s3, s4 = src[t + 3:t + 3 + L], src[t + 4:t + 4 + L]
+            for p in range(L):
+                acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
+            t += 5
+        elif r == 4:
+            w0, w1, w2, w3 = w[t], w[t + 1], w[t + 2], w[t + 3]
+            s0, s1 = src[t:t + L], src[t + 1:t + 1 + L]
+            s2, s3 = src[t + 2:t + 2 + L], src[t + 3:t + 3 + L]
+            for p in range(L):
+                acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p]
+            t += 4
+        elif r == 3:
+            w0, w1, w2 = w[t], w[t + 1], w[t + 2]
+            s0, s1, s2 = src[t:t + L], src[t + 1:t + 1 + L], src[t + 2:t + 2 + L]
+            for p in range(L):
+                acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]
+            t += 3
+        elif r == 2:
+            w0, w1 = w[t], w[t + 1]
+            s0, s1 = src[t:t + L], src[t + 1:t + 1 + L]
+            for p in range(L):
+                acc[p] += w0 * s0[p] + w1 * s1[p]
+            t += 2
+        else:
+            w0 = w[t]
+            s0 = src[t:t + L]
+            for p in range(L):
+                acc[p] += w0 * s0[p]
+            t += 1
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def _dot_taps(out, d, src, L, scratch):
+    """out[t] += sum_p d[p] * src[p + t] for every tap t, up to five taps per pass over d.
+
+    scratch: a length-1 array of the data dtype, so the partial sums keep that dtype
+    (and vectorise) while `out` may be float64.
+    """
+    T = out.shape[0]
+    t = 0
+    while t < T:
+        r = T - t
+        a0 = a1 = a2 = a3 = a4 = scratch[0]
+        if r >= 5:
+            s0, s1, s2 = src[t:t + L], src[t + 1:t + 1 + L], src[t + 2:t + 2 + L]
+            s3, s4 = src[t + 3:t + 3 + L], src[t + 4:t + 4 + L]
+            for p in range(L):
+                g = d[p]
+                a0 += g * s0[p]
+                a1 += g * s1[p]
+                a2 += g * s2[p]
+                a3 += g * s3[p]
+                a4 += g * s4[p]
+            out[t] += a0
+            out[t + 1] += a1
+            out[t + 2] += a2
+            out[t + 3] += a3
+            out[t + 4] += a4
+            t += 5
+        elif r >= 3:
+            s0, s1, s2 = src[t:t + L], src[t + 1:t + 1 + L], src[t + 2:t + 2 + L]
+            for p in range(L):
+                g = d[p]
+                a0 += g * s0[p]
+                a1 += g * s1[p]
+                a2 += g * s2[p]
+            out[t] += a0
+            out[t + 1] += a1
+            out[t + 2] += a2
+            t += 3
+        else:
+            s0 = src[t:t + L]
+            for p in range(L):
+                a0 += d[p] * s0[p]
+            out[t] += a0
+            t += 1
+
+
+@njit(parallel=True, cache=True)
+def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after):
+    """x (N, C, H, W) -> (N, C, before + Hp * Wp + after): zero-padded planes of pitch Wp."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, before + Hp * Wp + after), dtype=x.dtype)
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        for h in range(H):
+            base = before + (pad_top + h) * Wp + pad_left
+            dst = xp[n, c, base:base + W]
+            src = x[n, c, h]
+            for w in range(W):
+                dst[w] = src[w]
+    return xp
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu):
+    """xp: (N, C, Hp * Wp + KW) from _pad_flat. Returns y: (N, F, out_h, out_w)."""
+    N, C, _ = xp.shape
+    F, _, KH, KW = weight.shape
+    L = out_h * Wp
+    y = np.empty((N, F, out_h, out_w), dtype=xp.dtype)
+    for t in prange(N * F):
+        n = t // F
+        f = t % F
+        acc = np.empty(L, dtype=xp.dtype)
+        b = bias[f]
+        for p in range(L):
+            acc[p] = b
+        for c in range(C):
+            for ki in range(KH):
+                _add_taps(acc, xp[n, c, ki * Wp:], weight[f, c, ki], L)
+        for i in range(out_h):
+            row = acc[i * Wp:i * Wp + out_w]
+            dst = y[n, f, i]
+            for j in range(out_w):
+                v = row[j]
+                if relu and v < 0:
+                    v = 0
+                dst[j] = v
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_left):
+    """dyz: dy from _pad_flat with a leading margin of (KH - 1) * Wp + KW - 1 zeros.
+
+    weight_flipped: weight[:, :, :, ::-1], contiguous. dx[q] gathers dy[q - ki * Wp - kj],
+    a correlation with the flipped kernel rows. Returns dx: (N, C, in_h, in_w).
+    """
+    N, F, _ = dyz.shape
+    _, C, KH, KW = weight_flipped.shape
+    margin = (KH - 1) * Wp + KW - 1
+    L = in_h * Wp
+    q0 = pad_top * Wp
+    dx = np.empty((N, C, in_h, in_w), dtype=dyz.dtype)
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        acc = np.zeros(L, dtype=dyz.dtype)
+        for f in range(F):
+            for ki in range(KH):
+                start = margin + q0 - ki * Wp - (KW - 1)
+                _add_taps(acc, dyz[n, f, start:], weight_flipped[f, c, ki], L)
+        for h in range(in_h):
+            row = acc[h * Wp + pad_left:h * Wp + pad_left + in_w]
+            dst = dx[n, c, h]
+            for w in range(in_w):
+                dst[w] = row[w]
+    return dx
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _conv2d_backward_weight_s1(xp, dq, KH, KW, Wp, out_h):
+    """xp: (N, C, Hp * Wp + KW), dq: (N, F, out_h * Wp + ...) both from _pad_flat.
+
+    One task per (f, c) owns dw[f, c]: no write races, and the sum over samples runs in
+    a fixed order whatever the thread count. Returns (dw (F, C, KH, KW), db (F,)).
+    """
+    N, C, _ = xp.shape
+    F = dq.shape[1]
+    L = out_h * Wp
+    dw = np.empty((F, C, KH, KW), dtype=xp.dtype)
+    db = np.empty(F, dtype=xp.dtype)
+    for t in prange(F * C):
+        f = t // C
+        c = t % C
+        acc = np.zeros((KH, KW))  # float64 across samples; float32 within one plane
+        scratch = np.zeros(1, dtype=xp.dtype)
+        for n in range(N):
+            d = dq[n, f]
+            for ki in range(KH):
+                _dot_taps(acc[ki], d, xp[n, c, ki * Wp:], L, scratch)
+        for ki in range(KH):
+            for kj in range(KW):
+                dw[f, c, ki, kj] = acc[ki, kj]
+    for f in prange(F):
+        s = 0.0
+        for n in range(N):
+            d = dq[n, f]
+            for p in range(L):
+                s += d[p]
+        db[f] = s
+    return dw, db
+
+
 @njit(cache=True)
 def _sum_parts(parts):
     """Sum over the leading axis in a fixed order."""
@@ -179,12 +384,55 @@ def _sum_parts(parts):
     return out
 
 
+def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
+    """y = conv(x, weight) + bias, optionally followed by ReLU.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,); all one float dtype.
+    Returns y: (N, F, out_h, out_w).
+    """
+    if stride_h != 1 or stride_w != 1:
+        return _conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_left,
+                                       out_h, out_w, relu)
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    Wp = max(W + pad_left, out_w + KW - 1)
+    Hp = max(H + pad_top, out_h + KH - 1)
+    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW)
+    return _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu)
+
+
+def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
+    """Gradient of the loss with respect to the convolution's input.
+
+    dy: (N, F, OH, OW); weight: (F, C, KH, KW). Returns dx: (N, C, in_h, in_w).
+    """
+    if stride_h != 1 or stride_w != 1:
+        return _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
+                                              pad_top, pad_left)
+    _, _, OH, OW = dy.shape
+    _, _, KH, KW = weight.shape
+    Wp = max(in_w + pad_left, OW + KW - 1)
+    Hp = max(in_h + pad_top, OH + KH - 1)
+    margin = (KH - 1) * Wp + KW - 1
+    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0)
+    flipped = np.ascontiguousarray(weight[:, :, :, ::-1])
+    return _conv2d_backward_input_s1(dyz, flipped, in_h, in_w, Wp, pad_top, pad_left)
+
+
 def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
     """Gradients of the loss with respect to the weight and the bias.
 
     x: (N, C, H, W); dy: (N, F, OH, OW). Returns (dw: (F, C, KH, KW), db: (F,)).
     """
-    dw_parts, db_parts = _conv2d_weight_partials(
-        x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
-    )
-    return _sum_parts(dw_parts), _sum_parts(db_parts)
+    if stride_h != 1 or stride_w != 1:
+        dw_parts, db_parts = _conv2d_weight_partials(
+            x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
+        )
+        return _sum_parts(dw_parts), _sum_parts(db_parts)
+    _, _, H, W = x.shape
+    _, _, OH, OW = dy.shape
+    Wp = max(W + pad_left, OW + kernel_w - 1)
+    Hp = max(H + pad_top, OH + kernel_h - 1)
+    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, kernel_w)
+    dq = _pad_flat(dy, 0, 0, OH, Wp, 0, 0)
+    return _conv2d_backward_weight_s1(xp, dq, kernel_h, kernel_w, Wp, OH)
