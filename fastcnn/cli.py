@@ -27,7 +27,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None) -> 
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except OSError as exc:  # unwritable --out, missing model file, full disk, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

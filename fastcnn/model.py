@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -245,8 +246,9 @@ class Sequential:
 
 def read_npz(path: str | os.PathLike, fmt: str, version: int) -> dict[str, np.ndarray]:
     """All arrays of a fastcnn .npz file, after checking its format tag and version."""
-    import zipfile
-
+    # np.load would read a non-zip file as a pickle and blame allow_pickle.
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -66,7 +66,7 @@ def test_load_refuses_bad_files(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         fc.load_model(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a .npz file"):
         fc.load_model(tmp_path / "junk.npz")
     arrays = {"__format__": np.array("fastcnn-model"), "__version__": np.array(99)}
     np.savez(tmp_path / "future.npz", **arrays)
