@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim
+from . import optim, plots
 from .cli import ArgumentParser, CLIError, run_cli
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3, help="passes over the training data (3)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (64)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (0.05 for sgd, 0.002 for adam)")
+                   help="peak learning rate (0.002 for adam, 0.05 for sgd)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="adam (default) or sgd with momentum")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
                    help="learning-rate schedule over the whole run (cosine decay to zero)")
     p.add_argument("--seed", type=int, default=0, help="weights and data order (0)")
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numba kernels, or the (slow) NumPy reference implementation")
     p.add_argument("--out", default=None, help="folder for model.npz and metrics.json")
     p.add_argument("--metrics-json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--plots", metavar="DIR", default=None,
+                   help="write training-curve, confusion-matrix and prediction PNGs here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -83,6 +86,11 @@ def _main(argv: list[str] | None) -> int:
         threads = set_threads(args.threads)
     except ValueError as exc:
         raise CLIError(f"--threads: {exc}") from None
+    if args.plots:
+        try:  # fail now, not after a long training run
+            plots.check_ready(args.plots)
+        except (ImportError, OSError) as exc:
+            raise CLIError(f"--plots: {exc}") from None
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)
@@ -129,6 +137,9 @@ def _main(argv: list[str] | None) -> int:
         say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
     if args.metrics_json:
         atomic_write_text(args.metrics_json, json.dumps(metrics, indent=2) + "\n")
+    if args.plots:
+        for path in plots.write_plots(model, history, x_test, y_test, args.plots):
+            say(f"wrote {path}")
     say(f"test accuracy {metrics['test_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
     return 0
 
