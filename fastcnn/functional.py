@@ -129,10 +129,15 @@ def conv2d_backward(
     stride: int | tuple[int, int] = 1,
     padding: str | int | tuple[int, int] = "valid",
     *,
+    relu_output: np.ndarray | None = None,
     need_input_grad: bool = True,
     backend: str = "numba",
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx, dweight, dbias) of a convolution given the output gradient dy."""
+    """(dx, dweight, dbias) of a convolution given the output gradient dy.
+
+    Pass ``relu_output`` (the output of ``conv2d(..., relu=True)``) to backpropagate
+    through the fused ReLU as well; dx is None when not ``need_input_grad``.
+    """
     x, weight, _ = _check_conv(x, weight, None)
     sh, sw = pair(stride, "stride")
     N, _, H, W = x.shape
@@ -142,12 +147,16 @@ def conv2d_backward(
     expected = (N, weight.shape[0], out_h, out_w)
     if dy.shape != expected:
         raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
-    impl = backend_module(backend)
-    dx = None
-    if need_input_grad:
-        dx = impl.conv2d_backward_input(dy, weight, H, W, sh, sw, pad_top, pad_left)
+    relu = relu_output is not None
+    if relu:
+        relu_output = check_array(relu_output, "relu_output", 4, x.dtype)
+        if relu_output.shape != expected:
+            raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
+    dx, dw, db = backend_module(backend).conv2d_backward(
+        x, weight, dy, relu_output if relu else dy, relu, sh, sw, pad_top, pad_left,
+        bool(need_input_grad))
+    if dx is not None:
         dx = dx.astype(x.dtype, copy=False)
-    dw, db = impl.conv2d_backward_weight(x, dy, KH, KW, sh, sw, pad_top, pad_left)
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
 
 

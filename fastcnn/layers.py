@@ -115,11 +115,10 @@ class Conv2D(Layer):
 
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
-        if self.activation == "relu":
-            dy = np.where(self._y > 0, dy, 0).astype(dy.dtype, copy=False)
+        relu_output = self._y if self.activation == "relu" else None
         dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
-                                       self.padding, need_input_grad=need_input_grad,
-                                       backend=self.backend)
+                                       self.padding, relu_output=relu_output,
+                                       need_input_grad=need_input_grad, backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 

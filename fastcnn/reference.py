@@ -77,3 +77,15 @@ def maxpool2d_backward(dy, argmax, in_h, in_w):
     planes = np.repeat(np.arange(N * C), OH * OW)
     np.add.at(dx, (planes, argmax.reshape(-1)), dy.astype(np.float64).reshape(-1))
     return dx.reshape(N, C, in_h, in_w)
+
+
+def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
+    if relu:
+        dy = np.where(y > 0, dy, 0.0)
+    KH, KW = weight.shape[2:]
+    dx = None
+    if input_grad:
+        dx = conv2d_backward_input(dy, weight, x.shape[2], x.shape[3], stride_h, stride_w,
+                                   pad_top, pad_left)
+    dw, db = conv2d_backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
+    return dx, dw, db

@@ -4,11 +4,17 @@ Installed as ``fastcnn.kernels``. They do no validation (Numba does no bounds
 checks): call them through ``fastcnn.functional`` unless the arguments are known good.
 """
 
-from .conv import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
+from .conv import (
+    conv2d_backward,
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+)
 from .pool import maxpool2d_backward, maxpool2d_forward
 
 __all__ = [
     "conv2d_forward",
+    "conv2d_backward",
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "maxpool2d_forward",

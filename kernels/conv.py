@@ -265,8 +265,12 @@ def _dot_taps(out, d, src, L, scratch):
 
 
 @njit(parallel=True, cache=True)
-def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after):
-    """x (N, C, H, W) -> (N, C, before + Hp * Wp + after): zero-padded planes of pitch Wp."""
+def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after, mask, use_mask):
+    """x (N, C, H, W) -> (N, C, before + Hp * Wp + after): zero-padded planes of pitch Wp.
+
+    With use_mask, entries where mask (same shape as x) is <= 0 become zero: the ReLU
+    backward pass, fused into the copy the gradient kernels need anyway.
+    """
     N, C, H, W = x.shape
     xp = np.zeros((N, C, before + Hp * Wp + after), dtype=x.dtype)
     for t in prange(N * C):
@@ -276,8 +280,13 @@ def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after):
             base = before + (pad_top + h) * Wp + pad_left
             dst = xp[n, c, base:base + W]
             src = x[n, c, h]
-            for w in range(W):
-                dst[w] = src[w]
+            if use_mask:
+                m = mask[n, c, h]
+                for w in range(W):
+                    dst[w] = src[w] if m[w] > 0 else 0
+            else:
+                for w in range(W):
+                    dst[w] = src[w]
     return xp
 
 
@@ -339,8 +348,8 @@ def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _conv2d_backward_weight_s1(xp, dq, KH, KW, Wp, out_h):
-    """xp: (N, C, Hp * Wp + KW), dq: (N, F, out_h * Wp + ...) both from _pad_flat.
+def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
+    """xp: (N, C, Hp * Wp + KW), dq: (N, F, offset + out_h * Wp + ...) both from _pad_flat.
 
     One task per (f, c) owns dw[f, c]: no write races, and the sum over samples runs in
     a fixed order whatever the thread count. Returns (dw (F, C, KH, KW), db (F,)).
@@ -356,7 +365,7 @@ def _conv2d_backward_weight_s1(xp, dq, KH, KW, Wp, out_h):
         acc = np.zeros((KH, KW))  # float64 across samples; float32 within one plane
         scratch = np.zeros(1, dtype=xp.dtype)
         for n in range(N):
-            d = dq[n, f]
+            d = dq[n, f, offset:]
             for ki in range(KH):
                 _dot_taps(acc[ki], d, xp[n, c, ki * Wp:], L, scratch)
         for ki in range(KH):
@@ -365,7 +374,7 @@ def _conv2d_backward_weight_s1(xp, dq, KH, KW, Wp, out_h):
     for f in prange(F):
         s = 0.0
         for n in range(N):
-            d = dq[n, f]
+            d = dq[n, f, offset:]
             for p in range(L):
                 s += d[p]
         db[f] = s
@@ -384,6 +393,14 @@ def _sum_parts(parts):
     return out
 
 
+
+def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
+    """(Hp, Wp, margin) of the flat stride-1 layout."""
+    Wp = max(W + pad_left, out_w + KW - 1)
+    Hp = max(H + pad_top, out_h + KH - 1)
+    return Hp, Wp, (KH - 1) * Wp + KW - 1
+
+
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
     """y = conv(x, weight) + bias, optionally followed by ReLU.
 
@@ -395,10 +412,42 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
                                        out_h, out_w, relu)
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
-    Wp = max(W + pad_left, out_w + KW - 1)
-    Hp = max(H + pad_top, out_h + KH - 1)
-    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW)
+    Hp, Wp, _ = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW, x, False)
     return _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu)
+
+
+def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
+    """All gradients of a convolution in one pass over shared buffers.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y: (N, F, OH, OW). With relu, y is the
+    fused conv + ReLU output and dy is first zeroed where y <= 0. Returns
+    (dx: (N, C, H, W) or None when not input_grad, dw: (F, C, KH, KW), db: (F,)).
+    """
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    _, _, OH, OW = dy.shape
+    if stride_h != 1 or stride_w != 1:
+        if relu:
+            dy = _pad_flat(dy, 0, 0, OH, OW, 0, 0, y, True).reshape(dy.shape)
+        dx = None
+        if input_grad:
+            dx = _conv2d_backward_input_strided(dy, weight, H, W, stride_h, stride_w,
+                                                pad_top, pad_left)
+        dw_parts, db_parts = _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
+                                                     pad_top, pad_left)
+        return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
+    Hp, Wp, margin = _s1_geometry(H, W, OH, OW, KH, KW, pad_top, pad_left)
+    # One layout of dy serves both kernels: pitch Wp, zero columns past each row, and a
+    # leading margin so the input gradient can gather without negative indices.
+    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0, y, relu)
+    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW, x, False)
+    dw, db = _conv2d_backward_weight_s1(xp, dyz, margin, KH, KW, Wp, OH)
+    dx = None
+    if input_grad:
+        flipped = np.ascontiguousarray(weight[:, :, :, ::-1])
+        dx = _conv2d_backward_input_s1(dyz, flipped, H, W, Wp, pad_top, pad_left)
+    return dx, dw, db
 
 
 def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
@@ -411,10 +460,8 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
                                               pad_top, pad_left)
     _, _, OH, OW = dy.shape
     _, _, KH, KW = weight.shape
-    Wp = max(in_w + pad_left, OW + KW - 1)
-    Hp = max(in_h + pad_top, OH + KH - 1)
-    margin = (KH - 1) * Wp + KW - 1
-    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0)
+    Hp, Wp, margin = _s1_geometry(in_h, in_w, OH, OW, KH, KW, pad_top, pad_left)
+    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0, dy, False)
     flipped = np.ascontiguousarray(weight[:, :, :, ::-1])
     return _conv2d_backward_input_s1(dyz, flipped, in_h, in_w, Wp, pad_top, pad_left)
 
@@ -431,8 +478,7 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
         return _sum_parts(dw_parts), _sum_parts(db_parts)
     _, _, H, W = x.shape
     _, _, OH, OW = dy.shape
-    Wp = max(W + pad_left, OW + kernel_w - 1)
-    Hp = max(H + pad_top, OH + kernel_h - 1)
-    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, kernel_w)
-    dq = _pad_flat(dy, 0, 0, OH, Wp, 0, 0)
-    return _conv2d_backward_weight_s1(xp, dq, kernel_h, kernel_w, Wp, OH)
+    Hp, Wp, _ = _s1_geometry(H, W, OH, OW, kernel_h, kernel_w, pad_top, pad_left)
+    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, kernel_w, x, False)
+    dq = _pad_flat(dy, 0, 0, OH, Wp, 0, 0, dy, False)
+    return _conv2d_backward_weight_s1(xp, dq, 0, kernel_h, kernel_w, Wp, OH)

@@ -168,3 +168,29 @@ def test_conv_geometry(padding, expected):
 def test_same_padding_with_stride_follows_keras():
     # TensorFlow: out = ceil(7/2) = 4, total pad = (4-1)*2 + 3 - 7 = 2, one before.
     assert functional.conv_geometry(7, 8, (3, 3), (2, 2), "same") == (1, 0, 4, 4)
+
+
+@given(conv_cases(), st.booleans(), st.booleans())
+def test_fused_conv2d_backward_matches_oracles(case, relu, input_grad):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None:
+        return
+    x, wt, b = make_conv(case)
+    pt, pl, oh, ow = geo
+    y = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, True)
+    dy = np.random.default_rng(seed + 2).standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = kernels.conv2d_backward(x, wt, dy, y, relu, sh, sw, pt, pl, input_grad)
+    masked = np.where(y > 0, dy, 0) if relu else dy
+    mag_dw, mag_db = reference.conv2d_backward_weight(np.abs(x), np.abs(dy), kh, kw, sh, sw,
+                                                      pt, pl)
+    for oracle in ORACLES:
+        rdx, rdw, rdb = oracle.conv2d_backward(x, wt, dy, y, relu, sh, sw, pt, pl, input_grad)
+        assert_close32(dw, rdw, mag_dw)
+        assert_close32(db, rdb, mag_db)
+        if input_grad:
+            mag_dx = reference.conv2d_backward_input(np.abs(dy), np.abs(wt), h, w, sh, sw, pt, pl)
+            assert_close32(dx, rdx, mag_dx)
+            assert_close32(dx, oracle.conv2d_backward_input(masked, wt, h, w, sh, sw, pt, pl),
+                           mag_dx)
+        else:
+            assert dx is None and rdx is None
