@@ -7,10 +7,11 @@ than the work (and far more on a busy machine).
 """
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 
-@njit(cache=True)
+@jit()
 def maxpool_forward(x, pool):
     """Max over non-overlapping pool x pool windows (floor: ragged edges are dropped).
 
@@ -37,7 +38,7 @@ def maxpool_forward(x, pool):
     return y
 
 
-@njit(cache=True)
+@jit()
 def maxpool_backward_ties(x, dy, pool):
     """Max-pool input gradient where EVERY position equal to its window's max gets dy.
 
@@ -75,7 +76,7 @@ def maxpool_backward_ties(x, dy, pool):
     return dx
 
 
-@njit(cache=True)
+@jit()
 def dense_sgd_update(w, x, g, lr):
     """SGD step w -= lr * outer(x, g), in place; returns nothing.
 

@@ -11,7 +11,9 @@ result never depends on the number of threads.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import jit
 
 # Samples per partial sum in the weight gradient: fixed, so that the reduction
 # order (and so every bit of the result) is the same for any thread count.
@@ -20,12 +22,12 @@ GRAD_CHUNK = 8
 _FASTMATH = {"reassoc", "contract"}
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _padded_extent(size, pad_before, out_size, stride, k):
     return max(size + pad_before, (out_size - 1) * stride + k)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _fill_padded(xp, xn, pad_top, pad_left):
     """Copy one sample xn (C, H, W) into the zeroed interior of xp (C, Hp, Wp)."""
     C, H, W = xn.shape
@@ -37,7 +39,7 @@ def _fill_padded(xp, xn, pad_top, pad_left):
                 row[w] = src[w]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
                             relu):
     """Any stride: y = conv(x, weight) + bias, optionally followed by ReLU.
@@ -85,7 +87,7 @@ def _conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_le
     return y
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
     """Any stride: gradient of the loss with respect to the convolution's input.
 
@@ -124,7 +126,7 @@ def _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w, p
     return dx
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left):
     """Any stride: per-chunk partial sums of the weight and bias gradients.
 
@@ -176,7 +178,7 @@ def _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left
 # and thrown away (or are zero, for gradients), which costs ~14% on SEED-ARCH.
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@jit(inline="always", fastmath=_FASTMATH)
 def _add_taps(acc, src, w, L):
     """acc[p] += sum_t w[t] * src[p + t] for p < L, up to five taps per pass over acc."""
     T = w.shape[0]
@@ -217,7 +219,7 @@ def _add_taps(acc, src, w, L):
             t += 1
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@jit(inline="always", fastmath=_FASTMATH)
 def _dot_taps(out, d, src, L, scratch):
     """out[t] += sum_p d[p] * src[p + t] for every tap t, up to five taps per pass over d.
 
@@ -264,7 +266,7 @@ def _dot_taps(out, d, src, L, scratch):
             t += 1
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after, mask, use_mask):
     """x (N, C, H, W) -> (N, C, before + Hp * Wp + after): zero-padded planes of pitch Wp.
 
@@ -290,7 +292,7 @@ def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after, mask, use_mask):
     return xp
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu):
     """xp: (N, C, Hp * Wp + KW) from _pad_flat. Returns y: (N, F, out_h, out_w)."""
     N, C, _ = xp.shape
@@ -318,7 +320,7 @@ def _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu):
     return y
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_left):
     """dyz: dy from _pad_flat with a leading margin of (KH - 1) * Wp + KW - 1 zeros.
 
@@ -347,7 +349,7 @@ def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_
     return dx
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
     """xp: (N, C, Hp * Wp + KW), dq: (N, F, offset + out_h * Wp + ...) both from _pad_flat.
 
@@ -381,7 +383,7 @@ def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
     return dw, db
 
 
-@njit(cache=True)
+@jit()
 def _sum_parts(parts):
     """Sum over the leading axis in a fixed order."""
     out = parts[0].copy()

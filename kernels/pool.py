@@ -1,10 +1,12 @@
 """2-D max-pooling kernels over NCHW mini-batches (no padding, floor output size)."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import jit
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _pool_plane(x, y, argmax, n, c, pool_h, pool_w, stride_h, stride_w, nan_aware):
     """Max-pool one (n, c) plane; returns True if the fast pass met a NaN.
 
@@ -38,7 +40,7 @@ def _pool_plane(x, y, argmax, n, c, pool_h, pool_w, stride_h, stride_w, nan_awar
     return nans > 0
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def maxpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
     """Max over each pool window.
 
@@ -59,7 +61,7 @@ def maxpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
     return y, argmax
 
 
-@njit(parallel=True, cache=True)
+@jit(parallel=True)
 def maxpool2d_backward(dy, argmax, in_h, in_w):
     """Route each output gradient to the input position that held the maximum.
 

@@ -1,0 +1,108 @@
+"""The Numba cache: works from a read-only install, can be switched off, never goes stale."""
+
+import dis
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from numba.core.registry import CPUDispatcher
+
+import fastcnn
+from fastcnn.kernels import _jit, compat, conv, pool
+
+KERNEL_MODULES = [conv, pool, compat]
+
+
+def jitted_calls(dispatcher):
+    """Jitted functions that `dispatcher` refers to through its module globals."""
+    code = dispatcher.py_func.__code__
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname == "LOAD_GLOBAL"}
+    g = dispatcher.py_func.__globals__
+    return [g[n] for n in names if isinstance(g.get(n), CPUDispatcher)]
+
+
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__)
+def test_kernels_call_jitted_helpers_from_their_own_module_only(module):
+    # Numba validates a cached function against its own file only: a cached kernel calling
+    # a helper from another module would keep the old helper's code after an edit there.
+    kernels = [v for v in vars(module).values() if isinstance(v, CPUDispatcher)]
+    assert kernels, f"no kernels found in {module.__name__}"
+    for k in kernels:
+        expected = "FunctionCache" if _jit.CACHE else "NullCache"
+        assert type(k._cache).__name__ == expected, k.py_func.__name__
+        for callee in jitted_calls(k):
+            assert callee.py_func.__module__ == module.__name__, (
+                f"{k.py_func.__name__} calls {callee.py_func.__module__}."
+                f"{callee.py_func.__name__} from another module")
+
+
+PROBE = textwrap.dedent("""
+    import json, numpy as np
+    from fastcnn.kernels import pool
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y, arg = pool.maxpool2d_forward(x, 2, 2, 2, 2)
+    pool.maxpool2d_backward(y, arg, 8, 8)
+    k = pool.maxpool2d_forward
+    print(json.dumps({"hits": sum(k.stats.cache_hits.values()),
+                      "misses": sum(k.stats.cache_misses.values()),
+                      "cache": type(k._cache).__name__, "file": pool.__file__}))
+""")
+
+
+def run_probe(env, cwd, read_only=None):
+    """Run PROBE; with read_only, that folder is read-only for the child, even for root."""
+    import json
+
+    cmd = [sys.executable, "-c", PROBE]
+    if read_only is not None and os.geteuid() == 0:
+        # Root ignores file modes: give the child a private read-only bind mount instead.
+        ro = shlex.quote(str(read_only))
+        cmd = ["unshare", "-m", "sh", "-c",
+               f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && exec "
+               + " ".join(shlex.quote(c) for c in cmd)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def clean_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "FASTCNN_"))}
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "xdg"), **extra)
+    return env
+
+
+def test_cache_off_switch(tmp_path):
+    env = clean_env(tmp_path, FASTCNN_NUMBA_CACHE="0", NUMBA_CACHE_DIR=str(tmp_path / "nc"))
+    out = run_probe(env, tmp_path)
+    assert out["cache"] == "NullCache" and out["hits"] == 0
+    assert not (tmp_path / "nc").exists()
+
+
+def test_cache_works_from_read_only_install(tmp_path):
+    """Install a copy of the package, make it unwritable, and run it twice."""
+    site = tmp_path / "site"
+    pkg = Path(fastcnn.__file__).parent
+    shutil.copytree(pkg, site / "fastcnn", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(pool.__file__).parent, site / "fastcnn" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if os.geteuid() == 0 and shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare: cannot make a read-only folder")
+    for p in [site, *site.rglob("*")]:
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    env = clean_env(tmp_path, PYTHONPATH=str(site))
+    try:
+        first = run_probe(env, tmp_path, read_only=site)
+        second = run_probe(env, tmp_path, read_only=site)
+    finally:
+        for p in [site, *site.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    assert first["file"].startswith(str(site))
+    assert first["misses"] >= 1
+    assert second["hits"] >= 1 and second["misses"] == 0  # loaded from the user cache
+    assert not list(site.rglob("*.nbi")), "wrote into the read-only install"
+    assert list((tmp_path / "xdg").rglob("*.nbi")) or list((tmp_path / "home").rglob("*.nbi"))
