@@ -28,6 +28,9 @@ def backend_module(backend: str) -> ModuleType:
 
 def pair(value: int | tuple[int, int], name: str, minimum: int = 1) -> tuple[int, int]:
     """Turn an int or a pair of ints into a validated (h, w) pair."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum:
+        return value  # the common, already-valid case: layers call this every batch
     items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(items) != 2 or not all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items

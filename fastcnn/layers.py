@@ -233,7 +233,11 @@ class Dense(Layer):
         self._need_forward(self._x)
         if self.activation == "relu":
             dy = np.where(self._y > 0, dy, 0).astype(dy.dtype, copy=False)
-        self.grads = {"weight": self._x.T @ dy, "bias": dy.sum(axis=0)}
+        # With one sample the weight gradient is an outer product; BLAS's k=1 GEMM is
+        # 4x slower at it than a broadcast multiply.
+        x = self._x
+        dw = x.T * dy if len(x) == 1 else x.T @ dy
+        self.grads = {"weight": dw, "bias": dy.sum(axis=0)}
         return dy @ self.params["weight"].T if need_input_grad else None
 
     def get_config(self):
