@@ -1,8 +1,9 @@
 """Naive-loop oracles shaped like the original per-sample NumPy CNN.
 
 Same names and arguments as ``fastcnn.kernels`` and ``fastcnn.reference``; float64
-results. They iterate over image regions one at a time, as the original code does,
-and serve as the slow baseline in the benchmarks.
+results. They iterate over image regions one at a time, as the original code does
+(forward over all filters of a region at once, backward one filter at a time), and
+serve as the slow baseline in the benchmarks.
 """
 
 import numpy as np
@@ -19,8 +20,8 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
         for i in range(out_h):
             for j in range(out_w):
                 region = xp[n, :, i * stride_h:i * stride_h + KH, j * stride_w:j * stride_w + KW]
-                for f in range(F):
-                    y[n, f, i, j] = np.sum(region * w[f]) + bias[f]
+                # All filters at once, as the original does for each region.
+                y[n, :, i, j] = np.sum(region * w, axis=(1, 2, 3)) + bias
     return np.maximum(y, 0.0) if relu else y
 
 

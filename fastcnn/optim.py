@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .kernels import optim as optim_kernels
+
 
 class Constant:
     def __init__(self, lr: float) -> None:
@@ -112,16 +114,13 @@ class SGD(Optimizer):
         self.velocity: dict[int, np.ndarray] = {}
 
     def _update(self, i, p, g, lr):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        if self.momentum:
-            v = self.velocity.get(i)
-            if v is None:
-                v = self.velocity[i] = np.zeros_like(p)
-            v *= self.momentum
-            v += g
-            g = g + self.momentum * v if self.nesterov else v
-        p -= lr * g
+        v = self.velocity.get(i)
+        if v is None:
+            v = self.velocity[i] = np.zeros_like(p) if self.momentum else np.zeros(0, p.dtype)
+        t = p.dtype.type
+        optim_kernels.sgd_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                                 v.reshape(-1), t(lr), t(self.momentum),
+                                 t(self.weight_decay), self.nesterov)
 
     def state(self):
         return {f"velocity.{i}": v for i, v in self.velocity.items()}
@@ -148,14 +147,12 @@ class Adam(Optimizer):
     def _update(self, i, p, g, lr):
         if i not in self.m:
             self.m[i], self.v[i] = np.zeros_like(p), np.zeros_like(p)
-        m, v = self.m[i], self.v[i]
-        m *= self.beta1
-        m += (1 - self.beta1) * g
-        v *= self.beta2
-        v += (1 - self.beta2) * g * g
-        t = self.iterations + 1
-        step = lr * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
-        p -= (step * m / (np.sqrt(v) + self.eps)).astype(p.dtype, copy=False)
+        n = self.iterations + 1
+        step = lr * math.sqrt(1 - self.beta2**n) / (1 - self.beta1**n)
+        t = p.dtype.type
+        optim_kernels.adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                                  self.m[i].reshape(-1), self.v[i].reshape(-1), t(step),
+                                  t(self.beta1), t(self.beta2), t(self.eps))
 
     def state(self):
         return {**{f"m.{i}": a for i, a in self.m.items()},
