@@ -1,0 +1,84 @@
+"""Each convolution and pooling kernel at SEED-ARCH shapes, in three implementations:
+`fastcnn.kernels` (Numba), `fastcnn.reference` (vectorised NumPy) and `fastcnn.naive`
+(loops, on a smaller batch). One group per operation; compare `per_sample_us`.
+
+conv1: 1 -> 6 channels, conv2: 6 -> 6, both 5x5 'same' on 28x28; pool: 2x2 on 6x28x28.
+Only conv2 needs an input gradient: training skips it for the first layer.
+`*-backward-fused` is `conv2d_backward`, what training calls: ReLU mask, weight and bias
+gradients, and for conv2 the input gradient, in one pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from harness import CORES, SAME_5x5, fast_mode
+
+from fastcnn import kernels, naive, reference
+
+IMPLS = {"numba": kernels, "numpy": reference, "naive": naive}
+BATCHES = (64, 256)
+NAIVE_BATCH = 2
+FAST_BATCH, FAST_NAIVE_BATCH = 8, 1
+OPS = ("conv1-forward", "conv1-forward-relu", "conv2-forward", "conv2-forward-relu",
+       "conv2-backward-input", "conv1-backward-weight", "conv2-backward-weight",
+       "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward")
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" not in metafunc.fixturenames:
+        return
+    fast = fast_mode(metafunc.config)
+    batches = (FAST_BATCH,) if fast else BATCHES
+    cases = [("numba", b, t) for b in batches for t in (1, 2)]
+    # NumPy and the loops don't use Numba threads; BLAS is pinned to one thread.
+    cases += [("numpy", b, 1) for b in batches]
+    cases.append(("naive", FAST_NAIVE_BATCH if fast else NAIVE_BATCH, 1))
+    params = [pytest.param(*c, id=f"{c[0]}-b{c[1]}-t{c[2]}", marks=pytest.mark.skipif(
+        c[2] > CORES, reason=f"needs {c[2]} cores, this machine has {CORES}")) for c in cases]
+    # `threads` is the conftest fixture that sets (and restores) fastcnn's threads.
+    metafunc.parametrize("impl,batch,threads", params, indirect=["threads"])
+
+
+def make_case(op: str, batch: int):
+    """(function name, args, expected output shapes) for one operation, float32 data."""
+    rng = np.random.default_rng(0)
+
+    def normal(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    pt, pl, oh, ow = SAME_5x5
+    cin = 1 if op.startswith("conv1") else 6
+    x = normal(batch, cin, 28, 28)
+    w = normal(6, cin, 5, 5, scale=0.2)
+    dy = normal(batch, 6, 28, 28)
+    full = (batch, 6, 28, 28)
+    if op.endswith(("forward", "forward-relu")) and op.startswith("conv"):
+        args = (x, w, normal(6), 1, 1, pt, pl, oh, ow, op.endswith("relu"))
+        return "conv2d_forward", args, [full]
+    if op == "conv2-backward-input":
+        return "conv2d_backward_input", (dy, w, 28, 28, 1, 1, pt, pl), [full]
+    if op.endswith("backward-fused"):
+        y = np.maximum(normal(batch, 6, 28, 28), 0)  # a fused conv + ReLU output
+        grad_in = op.startswith("conv2")
+        shapes = [full if grad_in else None, (6, cin, 5, 5), (6,)]
+        return "conv2d_backward", (x, w, dy, y, True, 1, 1, pt, pl, grad_in), shapes
+    if op.endswith("backward-weight"):
+        return ("conv2d_backward_weight", (x, dy, 5, 5, 1, 1, pt, pl),
+                [(6, cin, 5, 5), (6,)])
+    half = (batch, 6, 14, 14)
+    if op == "pool-forward":
+        return "maxpool2d_forward", (x, 2, 2, 2, 2), [half, half]
+    _, argmax = reference.maxpool2d_forward(x, 2, 2, 2, 2)
+    return "maxpool2d_backward", (normal(*half), argmax, 28, 28), [full]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_kernel(run_benchmark, benchmark, op, impl, batch, threads):
+    name, args, shapes = make_case(op, batch)
+    benchmark.group = op
+    out = run_benchmark(getattr(IMPLS[impl], name), *args, batch=batch, impl=impl,
+                        threads=threads)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert [None if o is None else o.shape for o in outs] == shapes
+    assert all(np.isfinite(o).all() for o in outs if o is not None and o.dtype.kind == "f")

@@ -1,0 +1,358 @@
+"""Compare fastcnn with PyTorch, Keras and the naive per-sample NumPy loops on SEED-ARCH.
+
+    python bench/compare.py [--quick] [--out bench/results.json] [--markdown]
+
+All systems run side by side in this one process, one after another (never at once):
+every repeat times each configuration in turn (rotating the order), and a result is
+the median over repeats. Each system trains on the same pre-normalised float32 images,
+already in memory in its own layout. Progress goes to stderr, the report to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+import numba
+import numpy as np
+from harness import (
+    CORES,
+    TF_HINT,
+    TORCH_HINT,
+    FastcnnSystem,
+    KerasSystem,
+    NaiveSystem,
+    TorchSystem,
+    load_images,
+    startup_time,
+    versions,
+)
+
+EPOCH = 60_000
+PREDICT_BATCH = 1000
+BATCHES = (1, 64, 256)
+KERAS_EXTRA_BATCHES = (32, 128, 512, 1024)  # searched for Keras' best batch size
+THREADS = tuple(t for t in (1, 2) if t <= CORES)
+REF_BATCH = 64  # fastcnn's default batch size: the reference where batches differ
+# Samples per timed repeat, so that small and large batches get similar wall time.
+TARGET_SAMPLES, MIN_STEPS, MAX_STEPS = 4096, 30, 200
+POOL = 8  # distinct batches cycled through per configuration
+SYSTEMS = ("fastcnn", "torch", "keras", "naive")
+
+
+@dataclass
+class Config:
+    """One thing to time: `steps` train steps at `batch`, or `steps` predict calls."""
+
+    system: object
+    label: str
+    batch: int
+    threads: int
+    steps: int
+    kind: str = "train"  # or "predict"
+    inputs: list = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.label} {self.kind} b{self.batch} t{self.threads}"
+
+    def run(self) -> float:
+        """Seconds for `steps` calls; the system's threads are set before the clock."""
+        self.system.activate()
+        call = self.system.train_step if self.kind == "train" else self.system.predict
+        inputs, n = self.inputs, len(self.inputs)
+        start = time.perf_counter()
+        for i in range(self.steps):
+            out = call(*inputs[i % n])
+        elapsed = time.perf_counter() - start
+        if self.kind == "train" and not np.isfinite(out):
+            raise RuntimeError(f"{self.key}: loss is {out}")
+        return elapsed
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch * self.steps / statistics.median(self.seconds)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="few steps and repeats: checks that everything runs, numbers are noise")
+    p.add_argument("--out", type=Path, help="also write every timing as JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
+    p.add_argument("--repeats", type=int, help="timed repeats per configuration (5; quick 2)")
+    p.add_argument("--naive-samples", type=int,
+                   help="samples the naive loops train on, in all (50; quick 2)")
+    p.add_argument("--no-startup", action="store_true",
+                   help="skip the cold/warm start-up measurement (compiles every kernel)")
+    args = p.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.naive_samples = args.naive_samples or (2 if args.quick else 50)
+    if args.repeats < 1 or args.naive_samples < 1:
+        p.error("--repeats and --naive-samples must be >= 1")
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def steps_for(batch: int, quick: bool) -> int:
+    return 3 if quick else int(np.clip(round(TARGET_SAMPLES / batch), MIN_STEPS, MAX_STEPS))
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "numba_threads": CORES, "platform": platform.platform(), "load_1min": load}
+
+
+def measure_startup(quick: bool) -> dict:
+    """Cold (empty Numba cache: every kernel compiles) then warm, in fresh processes."""
+    with tempfile.TemporaryDirectory(prefix="fastcnn-numba-cache-") as cache:
+        log("start-up: cold (compiling every kernel) ...")
+        cold = startup_time(cache)
+        warm_runs = [startup_time(cache) for _ in range(1 if quick else 3)]
+    warm = min(warm_runs, key=lambda r: r["total_s"])  # least disturbed of the runs
+    return {"cold": cold, "warm": warm, "warm_runs": warm_runs}
+
+
+def build_configs(args, x, y):
+    """Systems, warmed up, with their inputs already converted."""
+    quick, train, predict, notes = args.quick, [], [], {}
+
+    def add(system, label, batches, threads, warmup=1):
+        system.activate()
+        for b in batches:
+            steps = steps_for(b, quick)
+            inputs = [system.native(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])
+                      for i in range(min(POOL, steps))]
+            cfg = Config(system, label, b, threads, steps, inputs=inputs)
+            for i in range(warmup):  # JIT compile / tf.function tracing, untimed
+                system.train_step(*inputs[i % len(inputs)])
+            train.append(cfg)
+        xp = system.native(x[:PREDICT_BATCH], y[:PREDICT_BATCH])[0]
+        system.predict(xp)
+        predict.append(Config(system, label, PREDICT_BATCH, threads, 1 if quick else 3,
+                              kind="predict", inputs=[(xp,)]))
+
+    if "fastcnn" in args.systems:
+        for t in THREADS:
+            log(f"building fastcnn, {t} thread(s) ...")
+            add(FastcnnSystem(t), "fastcnn", BATCHES, t)
+    if "torch" in args.systems:
+        if find_spec("torch") is None:
+            notes["torch"] = f"PyTorch skipped: {TORCH_HINT}"
+        else:
+            for t in THREADS:
+                log(f"building PyTorch, {t} thread(s) ...")
+                add(TorchSystem(t), "PyTorch", BATCHES, t)
+    if "keras" in args.systems:
+        if find_spec("tensorflow") is None or find_spec("keras") is None:
+            notes["keras"] = f"Keras skipped: {TF_HINT}"
+        else:
+            log("building Keras (importing TensorFlow) ...")
+            batches = BATCHES if quick else BATCHES + KERAS_EXTRA_BATCHES
+            # One model per batch size: each traces its own train function.
+            for b in batches:
+                system = KerasSystem()
+                add(system, "Keras", (b,), system.threads, warmup=2)
+                if b != batches[0]:
+                    predict.pop()  # one inference measurement is enough
+            notes["keras"] = (f"Keras {system.threads} thread(s) only: TensorFlow fixes its "
+                              f"thread pools at start-up; compiled train_on_batch "
+                              f"(jit_compile={system.jit_compile}) and predict_on_batch.")
+    if "naive" in args.systems:
+        log("building the naive loops ...")
+        system = NaiveSystem()
+        system.activate()
+        per_repeat = max(1, args.naive_samples // args.repeats)
+        inputs = [(x[i:i + 1], y[i:i + 1]) for i in range(POOL)]
+        system.train_step(*inputs[0])
+        train.append(Config(system, "naive", 1, 1, per_repeat, inputs=inputs))
+        # Inference one sample at a time too: time a few, extrapolate to the batch.
+        infer_n = max(1, per_repeat // 2)
+        predict.append(Config(system, "naive", infer_n, 1, 1, kind="predict",
+                              inputs=[(x[:infer_n],)]))
+        notes["naive"] = (
+            f"naive NumPy loops: `fastcnn.naive` loop kernels, one sample per step, float64; "
+            f"extrapolated from {per_repeat * args.repeats} training and "
+            f"{infer_n * args.repeats} inference samples.")
+    return train, predict, notes
+
+
+def measure(configs: list[Config], repeats: int) -> None:
+    for r in range(repeats):
+        k = r % len(configs)
+        for cfg in configs[k:] + configs[:k]:  # rotate so no system always goes first
+            cfg.seconds.append(cfg.run())
+            log(f"[{r + 1}/{repeats}] {cfg.key}: {cfg.batch * cfg.steps / cfg.seconds[-1]:,.1f}"
+                " samples/s")
+
+
+def make_rows(train: list[Config], predict: list[Config]) -> list[dict]:
+    infer = {(c.label, c.threads): c.samples_per_s for c in predict}
+    fast = {(c.batch, c.threads): c.samples_per_s for c in train if c.label == "fastcnn"}
+    keras = [c for c in train if c.label == "Keras"]
+    best_keras = max(keras, key=lambda c: c.samples_per_s) if keras else None
+    rows = []
+    for c in train:
+        if c.label == "Keras" and c.batch not in BATCHES and c is not best_keras:
+            continue  # searched for the best batch size only
+        name = {"naive": f"naive NumPy loops (extrapolated from {c.steps * len(c.seconds)} "
+                         "samples)"}.get(c.label, c.label)
+        if c is best_keras:
+            name += " (best batch)"
+        ref = fast.get((c.batch, c.threads))
+        fallback = ref is None
+        if fallback:
+            ref = fast.get((REF_BATCH, c.threads))
+        rows.append({
+            "system": name, "batch": c.batch, "threads": c.threads,
+            "epoch_s": EPOCH / c.samples_per_s, "train_samples_per_s": c.samples_per_s,
+            "infer_samples_per_s": infer.get((c.label, c.threads)),
+            "vs_fastcnn": c.samples_per_s / ref if ref else None,
+            "vs_fastcnn_batch": REF_BATCH if fallback else c.batch,
+            "steps_per_repeat": c.steps, "seconds_per_repeat": c.seconds,
+        })
+    return rows
+
+
+def num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def table(rows: list[dict], markdown: bool) -> str:
+    head = ["system", "batch", "threads", "s / epoch (60k)", "train samples/s",
+            f"inference samples/s (batch {PREDICT_BATCH})", "vs fastcnn"]
+    body = []
+    for r in rows:
+        v = r["vs_fastcnn"]
+        ratio = "-" if v is None else f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
+        if r["vs_fastcnn"] is not None and r["vs_fastcnn_batch"] != r["batch"]:
+            ratio += " †"
+        body.append([r["system"], str(r["batch"]), str(r["threads"]), num(r["epoch_s"]),
+                     num(r["train_samples_per_s"]), num(r["infer_samples_per_s"]), ratio])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths)),
+                      *(fmt.format(*cells) for cells in body)])
+
+
+def summary(args, rows, train, predict, startup, notes, machine, vers, command) -> list[str]:
+    out = [f"vs fastcnn: training samples/s divided by fastcnn's at the same batch and "
+           f"threads (> 1: faster than fastcnn); † against fastcnn at batch {REF_BATCH}."]
+    out += [notes[k] for k in ("naive", "keras", "torch") if k in notes]
+    if startup:
+        c, w = startup["cold"], startup["warm"]
+        out.append(
+            f"Start-up, `import fastcnn` + build SEED-ARCH + first training batch of 64, in a "
+            f"fresh process: cold (empty Numba cache, JIT compiles every kernel) "
+            f"{c['total_s']:.2f} s (first batch {c['first_batch_s']:.2f} s); warm cache "
+            f"{w['total_s']:.2f} s (import {w['import_s']:.2f} s, first batch "
+            f"{w['first_batch_s']:.2f} s); a later batch takes {w['second_batch_s']:.3f} s.")
+    fast = {(c.kind, c.batch, c.threads): c.samples_per_s for c in train + predict
+            if c.label == "fastcnn"}
+    if 2 in THREADS and ("train", 64, 1) in fast:
+        parts = [f"batch {b} {fast[('train', b, 2)] / fast[('train', b, 1)]:.2f}x"
+                 for b in BATCHES]
+        parts.append("inference {:.2f}x".format(fast[("predict", PREDICT_BATCH, 2)]
+                                                / fast[("predict", PREDICT_BATCH, 1)]))
+        out.append("fastcnn speed-up from 1 to 2 threads, training step: " + ", ".join(parts))
+    naive = next((r for r in rows if r["system"].startswith("naive")), None)
+    t = max(THREADS)
+    if naive and ("train", REF_BATCH, t) in fast:
+        out.append(f"fastcnn at batch {REF_BATCH}, {t} thread(s), trains "
+                   f"{fast[('train', REF_BATCH, t)] / naive['train_samples_per_s']:,.0f}x "
+                   f"faster than the naive per-sample loops.")
+    out.append(f"Each number: median of {args.repeats} repeats, systems alternating; a "
+               f"training repeat is {MIN_STEPS}-{MAX_STEPS} steps (~{TARGET_SAMPLES} samples)"
+               f"{' (quick: 3 steps, numbers are noise)' if args.quick else ''}, after "
+               f"untimed warm-up; inference repeats call predict on {PREDICT_BATCH} images.")
+    load = machine["load_1min"]
+    out.append(f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
+               f"({machine['usable_cores']} usable), {machine['platform']}"
+               + ("." if load is None else f"; load average before the run {load:.2f}."))
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()
+                                        if v and k != "numba_threading_layer")
+               + f"; Numba threading layer {vers.get('numba_threading_layer')}.")
+    out.append(f"Command: `{command}`")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python bench/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command.strip()
+    machine = machine_info()
+    if machine["load_1min"] and machine["load_1min"] > 0.5:
+        # Multi-threaded steps wait for their slowest thread: a busy core skews them most.
+        log(f"warning: load average {machine['load_1min']:.2f} before start; other processes "
+            "are running, so the numbers (above all at 2 threads) will be off")
+    startup = None if args.no_startup else measure_startup(args.quick)
+    biggest = max(BATCHES + (() if args.quick else KERAS_EXTRA_BATCHES))
+    x, y = load_images(max(biggest * POOL, PREDICT_BATCH))
+    train, predict, notes = build_configs(args, x, y)
+    if not train:
+        print("nothing to measure: " + "; ".join(notes.values()), file=sys.stderr)
+        return 2
+    measure(train + predict, args.repeats)
+    vers = versions()
+    try:
+        vers["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel ran
+        vers["numba_threading_layer"] = None
+    rows = make_rows(train, predict)
+    lines = summary(args, rows, train, predict, startup, notes, machine, vers, command)
+    if args.markdown:
+        print(table(rows, True) + "\n\n" + "\n".join(f"- {line}" for line in lines))
+    else:
+        print(table(rows, False) + "\n\n" + "\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"command": command, "machine": machine, "versions": vers,
+                  "settings": {"quick": args.quick, "repeats": args.repeats,
+                               "epoch": EPOCH, "predict_batch": PREDICT_BATCH},
+                  "startup": startup, "rows": rows, "notes": notes,
+                  "inference": [{"system": c.label, "threads": c.threads, "images": c.batch,
+                                 "samples_per_s": c.samples_per_s, "seconds": c.seconds}
+                                for c in predict]}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
