@@ -18,26 +18,69 @@ BACKENDS = ("numba", "numpy")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+# A single size or count above this is refused: it keeps every index a kernel computes
+# (products of a few sizes) far from int64 overflow.
+MAX_SIZE = 2**31 - 1
+# Largest array a kernel may be asked to allocate. Not a memory check: it turns absurd
+# geometry (huge padding or images) into a ValueError before any index can overflow.
+MAX_ELEMENTS = 2**31
+
+
 def backend_module(backend: str) -> ModuleType:
-    if backend == "numba":
-        return kernels
-    if backend == "numpy":
-        return reference
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    # Only strings are compared: `array == "numba"` would raise an unrelated error.
+    if isinstance(backend, str):
+        if backend == "numba":
+            return kernels
+        if backend == "numpy":
+            return reference
+    raise ValueError(f"backend must be one of {BACKENDS}, got {describe(backend)}")
+
+
+def describe(value: object) -> str:
+    """A short description of an argument for error messages (never a huge repr)."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value: object, name: str, minimum: int = 0, maximum: int | None = MAX_SIZE) -> int:
+    """An int (not a bool) in [minimum, maximum], or a TypeError/ValueError naming `name`."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """True or False (Python or NumPy), or a TypeError naming `name`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
 
 
 def pair(value: int | tuple[int, int], name: str, minimum: int = 1) -> tuple[int, int]:
-    """Turn an int or a pair of ints into a validated (h, w) pair."""
+    """Turn an int or a pair of ints into a validated (h, w) pair, each <= MAX_SIZE."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
-            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum:
+            and type(value[1]) is int and minimum <= value[0] <= MAX_SIZE \
+            and minimum <= value[1] <= MAX_SIZE:
         return value  # the common, already-valid case: layers call this every batch
-    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(items) != 2 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
-    ):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in items):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if _is_int(value):
+        items: tuple = (value, value)
+    elif isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        items = tuple(value)
+    else:  # tuple() would accept strings, dicts and generators
+        raise TypeError(f"{name} must be an int or a pair of ints, got {describe(value)}")
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {describe(value)}")
+    if any(v < minimum or v > MAX_SIZE for v in items):
+        raise ValueError(f"{name} must be in [{minimum}, {MAX_SIZE}], got {describe(value)}")
     return int(items[0]), int(items[1])
 
 
@@ -53,7 +96,14 @@ def check_array(a: object, name: str, ndim: int, dtype: np.dtype | None = None) 
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
+    if not a.flags.writeable:  # Numba would compile a second, read-only specialisation
+        return np.array(a, order="C")
     return np.ascontiguousarray(a)
+
+
+def _check_budget(shape: tuple[int, ...], what: str) -> None:
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise ValueError(f"{what} would have shape {shape}: more than {MAX_ELEMENTS} elements")
 
 
 def _axis_geometry(size: int, k: int, stride: int, pad: object) -> tuple[int, int]:
@@ -91,6 +141,18 @@ def conv_geometry(
     return pad_top, pad_left, out_h, out_w
 
 
+def _check_conv_budget(x_shape, weight_shape, stride, geo) -> None:
+    """Refuse geometry whose output or padded copies would be absurdly large."""
+    N, C, H, W = x_shape
+    F, _, KH, KW = weight_shape
+    pad_top, pad_left, out_h, out_w = geo
+    _check_budget((N, F, out_h, out_w), "the output")
+    # The kernels pad x (and dy) into planes at least this large.
+    hp = max(H + pad_top, (out_h - 1) * stride[0] + KH)
+    wp = max(W + pad_left, (out_w - 1) * stride[1] + KW) + KW
+    _check_budget((N, max(C, F), hp, wp), "the padded input")
+
+
 def _check_conv(x, weight, bias):
     x = check_array(x, "x", 4)
     weight = check_array(weight, "weight", 4, x.dtype)
@@ -118,10 +180,13 @@ def conv2d(
     backend: str = "numba",
 ) -> np.ndarray:
     """2-D convolution. x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,) or None."""
+    impl = backend_module(backend)
+    relu = check_bool(relu, "relu")
     x, weight, bias = _check_conv(x, weight, bias)
     sh, sw = pair(stride, "stride")
     geo = conv_geometry(x.shape[2], x.shape[3], weight.shape[2:], (sh, sw), padding)
-    y = backend_module(backend).conv2d_forward(x, weight, bias, sh, sw, *geo, bool(relu))
+    _check_conv_budget(x.shape, weight.shape, (sh, sw), geo)
+    y = impl.conv2d_forward(x, weight, bias, sh, sw, *geo, relu)
     return y.astype(x.dtype, copy=False)
 
 
@@ -141,11 +206,14 @@ def conv2d_backward(
     Pass ``relu_output`` (the output of ``conv2d(..., relu=True)``) to backpropagate
     through the fused ReLU as well; dx is None when not ``need_input_grad``.
     """
+    impl = backend_module(backend)
+    need_input_grad = check_bool(need_input_grad, "need_input_grad")
     x, weight, _ = _check_conv(x, weight, None)
     sh, sw = pair(stride, "stride")
     N, _, H, W = x.shape
     KH, KW = weight.shape[2:]
     pad_top, pad_left, out_h, out_w = conv_geometry(H, W, (KH, KW), (sh, sw), padding)
+    _check_conv_budget(x.shape, weight.shape, (sh, sw), (pad_top, pad_left, out_h, out_w))
     dy = check_array(dy, "dy", 4, x.dtype)
     expected = (N, weight.shape[0], out_h, out_w)
     if dy.shape != expected:
@@ -155,9 +223,9 @@ def conv2d_backward(
         relu_output = check_array(relu_output, "relu_output", 4, x.dtype)
         if relu_output.shape != expected:
             raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
-    dx, dw, db = backend_module(backend).conv2d_backward(
+    dx, dw, db = impl.conv2d_backward(
         x, weight, dy, relu_output if relu else dy, relu, sh, sw, pad_top, pad_left,
-        bool(need_input_grad))
+        need_input_grad)
     if dx is not None:
         dx = dx.astype(x.dtype, copy=False)
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
@@ -171,12 +239,13 @@ def max_pool2d(
     backend: str = "numba",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(y, argmax) of max pooling; stride defaults to the pool size."""
+    impl = backend_module(backend)
     x = check_array(x, "x", 4)
     ph, pw = pair(pool_size, "pool_size")
     sh, sw = pair(pool_size if stride is None else stride, "stride")
     if ph > x.shape[2] or pw > x.shape[3]:
         raise ValueError(f"pool_size {(ph, pw)} is larger than the input {x.shape[2:]}")
-    y, argmax = backend_module(backend).maxpool2d_forward(x, ph, pw, sh, sw)
+    y, argmax = impl.maxpool2d_forward(x, ph, pw, sh, sw)
     return y.astype(x.dtype, copy=False), argmax
 
 
@@ -188,15 +257,25 @@ def max_pool2d_backward(
     backend: str = "numba",
 ) -> np.ndarray:
     """Input gradient of max pooling, from the argmax that `max_pool2d` returned."""
+    impl = backend_module(backend)
     dy = check_array(dy, "dy", 4)
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
-        raise TypeError("argmax must be the int64 array returned by max_pool2d")
+        raise TypeError(f"argmax must be the int64 array returned by max_pool2d, "
+                        f"got {describe(argmax)}")
     if argmax.shape != dy.shape:
         raise ValueError(f"argmax shape {argmax.shape} differs from dy shape {dy.shape}")
-    N, C, H, W = input_shape
-    if (N, C) != dy.shape[:2]:
-        raise ValueError(f"input_shape {input_shape} does not match dy shape {dy.shape}")
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
+        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {describe(input_shape)}")
+    N, C, H, W = (check_int(v, f"input_shape[{i}]", 1) for i, v in enumerate(input_shape))
+    if (N, C) != dy.shape[:2] or H < dy.shape[2] or W < dy.shape[3]:
+        raise ValueError(f"input_shape {tuple(input_shape)} cannot have produced dy of "
+                         f"shape {dy.shape}")
+    _check_budget((N, C, H, W), "the input gradient")
+    # The kernel scatters into dx at these indices: any outside the plane would write
+    # out of bounds.
     if argmax.min() < 0 or argmax.max() >= H * W:
         raise ValueError(f"argmax holds indices outside the {H}x{W} input plane")
-    dx = backend_module(backend).maxpool2d_backward(dy, np.ascontiguousarray(argmax), H, W)
+    if not argmax.flags.writeable or not argmax.flags.c_contiguous:
+        argmax = np.array(argmax, order="C")
+    dx = impl.maxpool2d_backward(dy, argmax, H, W)
     return dx.astype(dy.dtype, copy=False)
