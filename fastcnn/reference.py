@@ -79,13 +79,22 @@ def maxpool2d_backward(dy, argmax, in_h, in_w):
     return dx.reshape(N, C, in_h, in_w)
 
 
-def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
-    if relu:
-        dy = np.where(y > 0, dy, 0.0)
-    KH, KW = weight.shape[2:]
-    dx = None
-    if input_grad:
-        dx = conv2d_backward_input(dy, weight, x.shape[2], x.shape[3], stride_h, stride_w,
-                                   pad_top, pad_left)
-    dw, db = conv2d_backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
-    return dx, dw, db
+def fused_backward(backward_input, backward_weight):
+    """The fused conv2d_backward of a module, composed from its two gradient functions."""
+
+    def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
+                        input_grad):
+        if relu:
+            dy = np.where(y > 0, dy, 0.0)
+        KH, KW = weight.shape[2:]
+        dx = None
+        if input_grad:
+            dx = backward_input(dy, weight, x.shape[2], x.shape[3], stride_h, stride_w,
+                                pad_top, pad_left)
+        dw, db = backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
+        return dx, dw, db
+
+    return conv2d_backward
+
+
+conv2d_backward = fused_backward(conv2d_backward_input, conv2d_backward_weight)
