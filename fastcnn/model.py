@@ -192,8 +192,8 @@ class Sequential:
             rng = np.random.default_rng(seed)
             state = FitState(0, 0, steps, rng.bit_generator.state, 0.0, 0.0, History())
         else:
-            state = _check_initial_state(initial_state, epochs, steps, optimizer,
-                                         validation_data is not None)
+            state = check_fit_state(initial_state, epochs, steps, optimizer,
+                                    validation_data is not None)
             rng = np.random.default_rng()
             rng.bit_generator.state = state.rng_state
         history = state.history
@@ -432,9 +432,10 @@ def _check_labels(y: object, n: int, classes: int, name: str = "y") -> np.ndarra
     return y.astype(np.int64, copy=False)
 
 
-def _check_initial_state(state: object, epochs: int, steps: int, optimizer: Optimizer,
-                         has_validation: bool) -> FitState:
-    """A validated copy of a FitState to resume from, consistent with this fit call."""
+def check_fit_state(state: object, epochs: int, steps: int, optimizer: Optimizer,
+                    has_validation: bool) -> FitState:
+    """A validated copy of a FitState to resume from, consistent with a fit call with
+    these arguments; ValueError/TypeError saying what does not match."""
     if not isinstance(state, FitState):
         raise TypeError(f"initial_state must be a FitState, got {describe(state)}")
     epoch = check_int(state.epoch, "initial_state.epoch", 0, epochs)

@@ -1,26 +1,52 @@
-"""python -m fastcnn.train: train SEED-ARCH on Fashion-MNIST and report test metrics."""
+"""python -m fastcnn.train: train SEED-ARCH on Fashion-MNIST and report test metrics.
+
+With --checkpoint-dir DIR the run writes DIR/checkpoint.npz at the end of every epoch
+(and every N batches with --checkpoint-every N); Ctrl-C or SIGTERM writes one more at
+the next batch boundary and exits (130 or 143). --resume DIR continues from it, and
+ends with the same weights, bit for bit, as a run that was never stopped.
+
+Test-only hooks (environment variables, not a supported interface):
+FASTCNN_TEST_STOP_AT="E:B[:ACTION]" acts when the trainer has done B batches of epoch E
+(B = 0: before epoch E starts). ACTION INT or TERM (default INT) sends that signal to
+itself; KILL sends SIGKILL before that point's checkpoint is written; PAUSE writes the
+checkpoint due there, then sleeps until killed. FASTCNN_TEST_BATCH_DELAY=SECONDS sleeps
+after every batch. Together they let a test kill the trainer at a known point.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint as ckpt
 from . import optim, plots
 from .cli import ArgumentParser, CLIError, run_cli
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
-from .model import History, TrainingDiverged, seed_arch
+from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
 from .threads import set_threads
+
+# Settings that change the result: a checkpoint only resumes with exactly these.
+RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",
+                   "dataset", "limit", "backend")
+# Options that do not: taken from the checkpoint unless given again.
+RUN_OPTIONS = ("data_dir", "threads", "out", "metrics_json", "plots", "quiet",
+               "checkpoint_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m fastcnn.train", description=__doc__)
+    p = ArgumentParser(prog="python -m fastcnn.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=3, help="passes over the training data (3)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (64)")
     p.add_argument("--lr", type=float, default=None,
@@ -42,8 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="write training-curve, confusion-matrix and prediction PNGs here")
+    p.add_argument("--checkpoint-dir", metavar="DIR", default=None,
+                   help="write DIR/checkpoint.npz after every epoch, and on Ctrl-C/SIGTERM")
+    p.add_argument("--checkpoint-every", metavar="N", type=int, default=None,
+                   help="also checkpoint every N batches")
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run checkpointed in DIR (its settings unless given)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def given_options(argv: list[str] | None) -> set[str]:
+    """The dests of the options that appear on the command line."""
+    parser, unset = build_parser(), object()
+    # argparse fills in a default only where the namespace has no value yet.
+    namespace = argparse.Namespace(**{k: unset for k in vars(parser.parse_args([]))})
+    return {k for k, v in vars(parser.parse_args(argv, namespace)).items() if v is not unset}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -56,10 +96,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("--lr must be a positive number")
     if not 0 <= args.momentum < 1:
         raise CLIError("--momentum must be in [0, 1)")
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every < 1:
+            raise CLIError("--checkpoint-every must be >= 1")
+        if not (args.checkpoint_dir or args.resume):
+            raise CLIError("--checkpoint-every needs --checkpoint-dir (or --resume)")
+
+
+def resolved_lr(args: argparse.Namespace) -> float:
+    return args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.002)
 
 
 def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> optim.Optimizer:
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.002)
+    lr = resolved_lr(args)
     total = args.epochs * steps_per_epoch
     schedule = {
         "constant": lambda: optim.Constant(lr),
@@ -75,13 +124,127 @@ def settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("quiet",)}
 
 
+def checkpoint_settings(args: argparse.Namespace) -> dict:
+    """What a checkpoint records about its run: RESULT_SETTINGS (lr resolved; momentum
+    only where it is used) and RUN_OPTIONS."""
+    out = {k: getattr(args, k) for k in RESULT_SETTINGS + RUN_OPTIONS}
+    out["lr"] = resolved_lr(args)
+    if args.optimizer != "sgd":
+        out["momentum"] = None
+    return out
+
+
+def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of the training images and labels: a checkpoint resumes on the same data."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def where(state: FitState, epochs: int) -> str:
+    """A FitState's position in words."""
+    if state.batch == 0:
+        return f"after epoch {state.epoch}/{epochs}" if state.epoch else "before epoch 1"
+    return f"at epoch {state.epoch + 1}/{epochs}, batch {state.batch}/{state.steps}"
+
+
+class _ForcedStop(BaseException):
+    """A second SIGINT/SIGTERM: stop at once, without another checkpoint."""
+
+
+class _Stopper:
+    """Turns SIGINT/SIGTERM into a request to stop at the next batch boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Stopper:
+        if threading.current_thread() is threading.main_thread():  # only there can we
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise _ForcedStop(signum)
+        self.signum = signum
+
+
+def _test_hooks() -> tuple[tuple[int, int, int] | None, float]:
+    """FASTCNN_TEST_STOP_AT and FASTCNN_TEST_BATCH_DELAY (see the module docstring)."""
+    stop, delay = os.environ.get("FASTCNN_TEST_STOP_AT"), os.environ.get(
+        "FASTCNN_TEST_BATCH_DELAY")
+    try:
+        at = None
+        if stop:
+            parts = stop.split(":")
+            action = {"INT": int(signal.SIGINT), "TERM": int(signal.SIGTERM),
+                      "KILL": int(getattr(signal, "SIGKILL", signal.SIGTERM)), "PAUSE": 0}[
+                          parts[2] if len(parts) > 2 else "INT"]
+            at = (int(parts[0]), int(parts[1]), action)
+        return at, float(delay) if delay else 0.0
+    except (ValueError, KeyError, IndexError):
+        raise CLIError(f"bad FASTCNN_TEST_STOP_AT={stop!r} or FASTCNN_TEST_BATCH_DELAY="
+                       f"{delay!r}") from None
+
+
+def _resume_command(directory: str) -> str:
+    # Every setting and output option comes back from the checkpoint.
+    return shlex.join(["python", "-m", "fastcnn.train", "--resume", directory])
+
+
+def _load_for_resume(args: argparse.Namespace, given: set[str]) -> ckpt.Checkpoint:
+    """Load --resume's checkpoint and fill in every setting not given on the command line;
+    exit 2 if a given one differs from the checkpoint's."""
+    path = ckpt.checkpoint_path(args.resume)
+    if not path.exists():
+        raise CLIError(f"{path}: no checkpoint to resume from")
+    try:
+        saved = ckpt.load_checkpoint(path, backend="numba")
+    except ValueError as exc:
+        raise CLIError(f"cannot resume: {exc}") from None
+    recorded = saved.settings
+    missing = [k for k in RESULT_SETTINGS + RUN_OPTIONS if k not in recorded]
+    if missing:
+        raise CLIError(f"{path}: checkpoint lacks the settings {missing}")
+    for key in RESULT_SETTINGS + RUN_OPTIONS:
+        if key not in given and not (key == "momentum" and recorded[key] is None):
+            setattr(args, key, recorded[key])
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = args.resume
+    try:
+        check_args(args)
+    except CLIError as exc:
+        raise CLIError(f"{path}: bad recorded settings: {exc}") from None
+    now = checkpoint_settings(args)
+    diffs = [f"{k} {recorded[k]!r} there, {now[k]!r} here" for k in RESULT_SETTINGS
+             if recorded[k] != now[k]]
+    if diffs:
+        raise CLIError(f"{path} was written with other settings ({'; '.join(diffs)}); "
+                       "resume with the checkpoint's settings (omit those options), or start "
+                       "a new run with another --checkpoint-dir")
+    if saved.model.get_config() != seed_arch(None, backend=args.backend).get_config():
+        raise CLIError(f"{path}: the checkpoint's architecture is not SEED-ARCH")
+    return saved
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    given = given_options(argv)
     check_args(args)
+    stop_at, batch_delay = _test_hooks()
+    resumed = _load_for_resume(args, given) if args.resume else None
     try:
         threads = set_threads(args.threads)
     except ValueError as exc:
@@ -91,43 +254,130 @@ def _main(argv: list[str] | None) -> int:
             plots.check_ready(args.plots)
         except (ImportError, OSError) as exc:
             raise CLIError(f"--plots: {exc}") from None
+    ckpt_file = ckpt.checkpoint_path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if ckpt_file is not None and resumed is None and ckpt_file.exists():
+        raise CLIError(f"{ckpt_file} already exists; continue that run with --resume "
+                       f"{args.checkpoint_dir}, or delete it to start afresh")
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)
     except DataError as exc:
         raise CLIError(str(exc)) from None
 
-    model = seed_arch(args.seed, backend=args.backend)
-    compile_seconds = model.warmup()
     steps = math.ceil(len(x_train) / args.batch_size)
     optimizer = make_optimizer(args, steps)
+    run_settings = None
+    if ckpt_file is not None:
+        run_settings = {**checkpoint_settings(args), "train_size": len(x_train),
+                        "train_sha256": data_fingerprint(x_train, y_train)}
+        ckpt.remove_stale_temporaries(ckpt_file.parent)
+    initial_state = None
+    if resumed is None:
+        model = seed_arch(args.seed, backend=args.backend)
+    else:
+        model = resumed.model
+        if args.backend != "numba":  # the checkpoint was loaded before the settings were known
+            model = Sequential.from_config(model.get_config(), args.backend)
+            model.load_state_arrays(resumed.model.state_arrays())
+        for key in ("train_size", "train_sha256"):
+            if resumed.settings.get(key) != run_settings[key]:
+                raise CLIError(f"{args.resume}: the training data differ from the "
+                               f"checkpoint's ({key})")
+        try:
+            optimizer.load_state(resumed.optimizer_state, resumed.iterations,
+                                 model.parameters())
+            initial_state = check_fit_state(resumed.state, args.epochs, steps, optimizer, True)
+        except (TypeError, ValueError) as exc:
+            raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
+    compile_seconds = model.warmup()
     say = print
     say(f"fastcnn: SEED-ARCH on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
-        f"{args.optimizer} lr {optimizer.lr:g}, batch {args.batch_size}, {threads} threads, "
+        f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads, "
         f"kernels ready in {compile_seconds:.2f} s")
+    if initial_state is not None:
+        say(f"resuming from {ckpt_file} {where(initial_state, args.epochs)}", flush=True)
 
     def report(epoch: int, h: History) -> None:
         say(f"epoch {epoch + 1}/{args.epochs}  loss {h.loss[-1]:.4f}  "
             f"test_accuracy {h.val_accuracy[-1]:.4f}  macro_f1 {h.val_macro_f1[-1]:.4f}  "
             f"{h.epoch_seconds[-1]:.1f} s ({h.samples_per_s[-1]:.0f} samples/s)", flush=True)
 
+    saved: list[FitState] = []  # the last checkpointed state
+    stopped: list[FitState] = []
+
+    def on_progress(state: FitState) -> bool:
+        if batch_delay:
+            time.sleep(batch_delay)
+        test_stop = stop_at is not None and (state.epoch + 1, state.batch) == stop_at[:2]
+        if test_stop and stop_at[2]:
+            signal.raise_signal(stop_at[2])  # runs the handler before returning
+        every = args.checkpoint_every
+        due = state.batch == 0 or stopper.signum is not None or (
+            every is not None and optimizer.iterations % every == 0)
+        if ckpt_file is not None and due:
+            if not (ckpt.all_finite(model.parameters())
+                    and ckpt.all_finite(list(optimizer.state().values()))):
+                raise TrainingDiverged(
+                    f"weights became NaN or infinite {where(state, args.epochs)}; "
+                    f"try a lower learning rate (now {optimizer.lr:g})")
+            ckpt.save_checkpoint(ckpt_file, model, optimizer, state, run_settings)
+            saved[:] = [state]
+        while test_stop and not stop_at[2]:
+            time.sleep(1)  # PAUSE: wait to be killed
+        if stopper.signum is not None:
+            stopped.append(state)
+            return True
+        return False
+
     start = time.perf_counter()
     try:
-        history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                            optimizer=optimizer, validation_data=(x_test, y_test),
-                            seed=args.seed, verbose=not args.quiet, on_epoch_end=report)
+        # Overflow warnings would only precede the one-line divergence report.
+        with _Stopper() as stopper, np.errstate(over="ignore", invalid="ignore",
+                                                divide="ignore"):
+            history = model.fit(x_train, y_train, epochs=args.epochs,
+                                batch_size=args.batch_size, optimizer=optimizer,
+                                validation_data=(x_test, y_test), seed=args.seed,
+                                verbose=not args.quiet, on_epoch_end=report,
+                                on_progress=on_progress, initial_state=initial_state)
     except TrainingDiverged as exc:
-        raise CLIError(str(exc), code=1) from None
+        kept = ""
+        if ckpt_file is not None and ckpt_file.exists():
+            last = saved[0] if saved else initial_state
+            position = f" ({where(last, args.epochs)})" if last is not None else ""
+            kept = f"; the last good checkpoint{position} is kept in {ckpt_file}"
+        raise CLIError(" ".join(f"{exc}{kept}".split()), code=1) from None
+    except _ForcedStop as exc:
+        sig = signal.Signals(exc.args[0])
+        note = f"; the last checkpoint is intact in {ckpt_file}" if ckpt_file else ""
+        print(f"stopped by a second {sig.name} without a new checkpoint{note}",
+              file=sys.stderr)
+        return 128 + sig.value
+    if stopped:
+        sig = signal.Signals(stopper.signum)
+        state = stopped[0]
+        if ckpt_file is not None:
+            tail = (f"checkpoint saved to {ckpt_file}; resume with: "
+                    f"{_resume_command(str(args.checkpoint_dir))}")
+        else:
+            tail = "nothing saved (run with --checkpoint-dir DIR to be able to resume)"
+        print(f"interrupted by {sig.name} {where(state, args.epochs)}: {tail}", file=sys.stderr)
+        return 128 + sig.value
+
     metrics = {
         "test_accuracy": history.val_accuracy[-1],
         "macro_f1": history.val_macro_f1[-1],
         "test_loss": history.val_loss[-1],
         "train_loss": history.loss,
+        "test_accuracy_per_epoch": history.val_accuracy,
+        "macro_f1_per_epoch": history.val_macro_f1,
+        "test_loss_per_epoch": history.val_loss,
         "epoch_seconds": history.epoch_seconds,
         "train_samples_per_s": float(np.sum([len(x_train)] * args.epochs)
                                      / np.sum(history.epoch_seconds)),
         "compile_seconds": compile_seconds,
         "total_seconds": time.perf_counter() - start,
+        "resumed_from": None if initial_state is None else {
+            "epoch": initial_state.epoch, "batch": initial_state.batch},
         "settings": {**settings(args), "threads": threads},
     }
     if args.out:
