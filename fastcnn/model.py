@@ -17,13 +17,17 @@ from tqdm.auto import tqdm
 from . import metrics
 from .data import batches, normalize
 from .fileio import atomic_write_npz
-from .functional import MAX_ELEMENTS, backend_module, check_int, describe
+from .functional import backend_module, check_int, describe
 from .layers import LAYERS, Conv2D, Dense, Flatten, Layer, MaxPool2D
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import SGD, Optimizer
 
 FORMAT = "fastcnn-model"
 FORMAT_VERSION = 1
+# Largest weight array, and largest sample at any layer, a model may have (1 GiB of
+# float32). Far beyond this CPU library's use; it turns a typo such as units=10**9 into
+# a ValueError instead of an allocation that exhausts memory.
+MAX_LAYER_ELEMENTS = 2**28
 
 
 class TrainingDiverged(RuntimeError):
@@ -371,6 +375,7 @@ def model_from_json(arrays: dict[str, np.ndarray], source: str | os.PathLike,
 
 def read_npz(path: str | os.PathLike, fmt: str, version: int) -> dict[str, np.ndarray]:
     """All arrays of a fastcnn .npz file, after checking its format tag and version."""
+    _check_path(path)
     # np.load would read a non-zip file as a pickle and blame allow_pickle.
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a .npz file (corrupted, or cut short)")
@@ -379,10 +384,12 @@ def read_npz(path: str | os.PathLike, fmt: str, version: int) -> dict[str, np.nd
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path}: is a directory, not a file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
-        # MemoryError: a corrupted array header claiming an absurd shape.
+    except (IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:
+        # Corrupted bytes surface as whatever zipfile, zlib or the .npy parser trips on
+        # (BadZipFile, zlib.error, NotImplementedError, a MemoryError for an absurd shape
+        # in a header...): all of them mean the file is unreadable.
         raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:200]})") from None
     tag, found = arrays.get("__format__"), arrays.get("__version__")
@@ -404,9 +411,9 @@ def _check_path(path: object) -> None:
 
 
 def _check_size(shape: tuple[int, ...], what: str) -> None:
-    if math.prod(shape) > MAX_ELEMENTS:
+    if math.prod(shape) > MAX_LAYER_ELEMENTS:
         raise ValueError(f"{what} would hold {math.prod(shape)} elements (shape {shape}), "
-                         f"more than {MAX_ELEMENTS}")
+                         f"more than {MAX_LAYER_ELEMENTS}")
 
 
 def _parameter_count(layer: Layer, input_shape: tuple[int, ...]) -> int:

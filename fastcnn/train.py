@@ -162,7 +162,7 @@ class _Stopper:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _Stopper:
-        if threading.current_thread() is threading.main_thread():  # only there can we
+        if threading.current_thread() is threading.main_thread():  # signal.signal needs it
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
