@@ -191,11 +191,39 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["--optimizer", "sgd"], "optimizer 'adam' there, 'sgd' here"),
     (["--lr", "0.01"], "lr 0.002 there, 0.01 here"),
     (["--epochs", "3", "--schedule", "step"], "epochs 2 there, 3 here; schedule"),
+    (["--dataset", "fashion-mnist"], "dataset 'sample' there, 'fashion-mnist' here"),
+    (["--backend", "numpy"], "backend 'numba' there, 'numpy' here"),
 ])
 def test_resume_refuses_other_settings(stopped_run, args, message, capsys):
     assert train.main(["--resume", str(stopped_run), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "other settings" in err and err.count("\n") == 1
+
+
+def test_resume_refuses_other_architecture_and_data(stopped_run, tmp_path, capsys):
+    with np.load(ckpt.checkpoint_path(stopped_run), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    config = json.loads(str(arrays["__config__"]))
+    config["layers"][0]["config"]["kernel_initializer"] = "glorot_normal"
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "data").mkdir()
+    np.savez(ckpt.checkpoint_path(tmp_path / "arch"),
+             **{**arrays, "__config__": np.array(json.dumps(config))})
+    assert train.main(["--resume", str(tmp_path / "arch")]) == 2
+    assert "architecture is not SEED-ARCH" in capsys.readouterr().err
+    settings = {**json.loads(str(arrays["__settings__"])), "train_sha256": "0" * 64}
+    np.savez(ckpt.checkpoint_path(tmp_path / "data"),
+             **{**arrays, "__settings__": np.array(json.dumps(settings))})
+    assert train.main(["--resume", str(tmp_path / "data")]) == 2
+    assert "training data differ from the checkpoint's" in capsys.readouterr().err
+
+
+def test_interrupt_without_checkpoint_dir_says_nothing_was_saved(monkeypatch, capsys):
+    monkeypatch.setenv("FASTCNN_TEST_STOP_AT", "1:2:TERM")
+    assert train.main([*BASE, "--threads", "1", "--limit", "128"]) == 143
+    err = capsys.readouterr().err
+    assert err == ("interrupted by SIGTERM at epoch 1/2, batch 2/4: nothing saved (run with "
+                   "--checkpoint-dir DIR to be able to resume)\n")
 
 
 def test_checkpoint_dir_problems_exit_2(stopped_run, tmp_path, capsys):
