@@ -173,8 +173,9 @@ class Sequential:
         ``on_progress(state)`` runs at every point training can stop and later resume
         bit-identically: after each batch, and after each epoch's validation (then
         ``state.batch == 0``). If it returns True, `fit` stops there and returns the
-        history so far. ``initial_state`` continues from such a state; the caller restores
-        the weights and the optimizer (``load_state``) saved at that same moment.
+        history so far. ``initial_state`` continues from such a state (``seed`` is then
+        unused: the data order comes from the state); the caller restores the weights and
+        the optimizer (``load_state``) saved at that same moment.
         """
         epochs = check_int(epochs, "epochs", 1, None)
         batch_size = check_int(batch_size, "batch_size", 1, None)

@@ -255,7 +255,9 @@ def _main(argv: list[str] | None) -> int:
         except (ImportError, OSError) as exc:
             raise CLIError(f"--plots: {exc}") from None
     ckpt_file = ckpt.checkpoint_path(args.checkpoint_dir) if args.checkpoint_dir else None
-    if ckpt_file is not None and resumed is None and ckpt_file.exists():
+    # Never overwrite a checkpoint this run did not come from.
+    if ckpt_file is not None and ckpt_file.exists() and (
+            resumed is None or ckpt_file.resolve() != ckpt.checkpoint_path(args.resume).resolve()):
         raise CLIError(f"{ckpt_file} already exists; continue that run with --resume "
                        f"{args.checkpoint_dir}, or delete it to start afresh")
     try:
