@@ -19,6 +19,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a saved model should get the mode any
+        # new file gets, as if opened with open().
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -34,6 +37,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:

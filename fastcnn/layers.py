@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .initializers import initialize
+from .initializers import INITIALIZERS, initialize
 
 
 class Layer:
@@ -19,9 +19,12 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
+        self.dtype = np.dtype(np.float32)
+        self._batch = 0  # samples in the last training forward pass
 
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator,
               dtype: np.dtype = np.float32) -> tuple[int, ...]:
+        self.dtype = np.dtype(dtype)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = self.compute_output_shape(self.input_shape)
         return self.output_shape
@@ -48,6 +51,19 @@ class Layer:
                 f"{type(self).__name__} expects input of shape (N, "
                 f"{', '.join(map(str, self.input_shape))}), got {shape}"
             )
+        if x.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} expects {self.dtype} input, got {x.dtype}")
+
+    def _check_dy(self, dy: np.ndarray) -> None:
+        """dy must match the output of the last training forward pass exactly."""
+        expected = (self._batch, *self.output_shape)
+        if not isinstance(dy, np.ndarray) or dy.shape != expected:
+            shape = getattr(dy, "shape", type(dy).__name__)
+            raise ValueError(f"{type(self).__name__}.backward expects dy of shape {expected}, "
+                             f"got {shape}")
+        if dy.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__}.backward expects {self.dtype} dy, "
+                            f"got {dy.dtype}")
 
     def _need_forward(self, saved: object) -> None:
         if saved is None:
@@ -65,6 +81,12 @@ def _activation(name: str | None) -> str | None:
     return name
 
 
+def _initializer(name: str) -> str:
+    if name not in INITIALIZERS:
+        raise ValueError(f"kernel_initializer must be one of {INITIALIZERS}, got {name!r}")
+    return name
+
+
 class Conv2D(Layer):
     """2-D convolution over (C, H, W) inputs; weight (filters, C, KH, KW), bias (filters,).
 
@@ -75,7 +97,7 @@ class Conv2D(Layer):
                  padding: str | int | tuple[int, int] = "valid", activation: str | None = None,
                  kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
         super().__init__(backend)
-        self.filters = F.pair(filters, "filters")[0]
+        self.filters = F.check_int(filters, "filters", 1)
         self.kernel_size = F.pair(kernel_size, "kernel_size")
         self.stride = F.pair(stride, "stride")
         if isinstance(padding, str):
@@ -84,7 +106,7 @@ class Conv2D(Layer):
             padding = F.pair(padding, "padding", minimum=0)
         self.padding = padding
         self.activation = _activation(activation)
-        self.kernel_initializer = kernel_initializer
+        self.kernel_initializer = _initializer(kernel_initializer)
         self._x = self._y = None
 
     def compute_output_shape(self, input_shape):
@@ -110,11 +132,12 @@ class Conv2D(Layer):
         y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride, self.padding,
                      relu=self.activation == "relu", backend=self.backend)
         if training:
-            self._x, self._y = x, y
+            self._x, self._y, self._batch = x, y, len(x)
         return y
 
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
+        self._check_dy(dy)
         relu_output = self._y if self.activation == "relu" else None
         dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
                                        self.padding, relu_output=relu_output,
@@ -138,11 +161,12 @@ class ReLU(Layer):
         self._check_input(x)
         y = np.maximum(x, 0)
         if training:
-            self._mask = x > 0
+            self._mask, self._batch = x > 0, len(x)
         return y
 
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._mask)
+        self._check_dy(dy)
         return np.where(self._mask, dy, 0).astype(dy.dtype, copy=False)
 
 
@@ -170,11 +194,12 @@ class MaxPool2D(Layer):
         self._check_input(x)
         y, argmax = F.max_pool2d(x, self.pool_size, self.stride, backend=self.backend)
         if training:
-            self._argmax, self._shape = argmax, x.shape
+            self._argmax, self._shape, self._batch = argmax, x.shape, len(x)
         return y
 
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._argmax)
+        self._check_dy(dy)
         return F.max_pool2d_backward(dy, self._argmax, self._shape, backend=self.backend)
 
     def get_config(self):
@@ -187,9 +212,12 @@ class Flatten(Layer):
 
     def forward(self, x, training=True):
         self._check_input(x)
+        if training:
+            self._batch = len(x)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, need_input_grad=True):
+        self._check_dy(dy)
         return dy.reshape(dy.shape[0], *self.input_shape)
 
 
@@ -199,9 +227,9 @@ class Dense(Layer):
     def __init__(self, units: int, activation: str | None = None,
                  kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
         super().__init__(backend)
-        self.units = F.pair(units, "units")[0]
+        self.units = F.check_int(units, "units", 1)
         self.activation = _activation(activation)
-        self.kernel_initializer = kernel_initializer
+        self.kernel_initializer = _initializer(kernel_initializer)
         self._x = self._y = None
 
     def compute_output_shape(self, input_shape):
@@ -226,11 +254,12 @@ class Dense(Layer):
         if self.activation == "relu":
             np.maximum(y, 0, out=y)
         if training:
-            self._x, self._y = x, y
+            self._x, self._y, self._batch = x, y, len(x)
         return y
 
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
+        self._check_dy(dy)
         if self.activation == "relu":
             dy = np.where(self._y > 0, dy, 0).astype(dy.dtype, copy=False)
         # With one sample the weight gradient is an outer product; BLAS's k=1 GEMM is

@@ -1,6 +1,8 @@
 """Sequential: training reaches real accuracy, save/load round trips, errors are clear."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -147,3 +149,40 @@ def test_adam_matches_reference_update():
     opt.step([p], [g])
     # First bias-corrected Adam step moves each weight by lr * sign(g).
     np.testing.assert_allclose(p, [0.9, -2.1], rtol=1e-6)
+
+
+def test_saved_model_gets_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fc.seed_arch().save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("layer,shape,dy_shape", [
+    (lambda: fc.Dense(3), (4,), (1, 3)),            # would broadcast over the batch
+    (lambda: fc.ReLU(), (2, 3, 3), (1, 2, 3, 3)),
+    (lambda: fc.Flatten(), (2, 3, 3), (4, 2, 3, 3)),  # right size, wrong shape
+    (lambda: fc.MaxPool2D(2), (1, 4, 4), (2, 1, 2, 3)),
+    (lambda: fc.Conv2D(2, 3), (1, 5, 5), (2, 2, 3, 4)),
+])
+def test_backward_refuses_wrong_dy_shape(layer, shape, dy_shape):
+    layer = layer()
+    fc.Sequential([layer], input_shape=shape)
+    layer.forward(np.ones((2, *shape), np.float32))
+    with pytest.raises(ValueError, match="expects dy of shape"):
+        layer.backward(np.ones(dy_shape, np.float32))
+
+
+def test_layers_refuse_wrong_dtype_and_bad_sizes():
+    dense = fc.Dense(3)
+    fc.Sequential([dense], input_shape=(4,))
+    with pytest.raises(TypeError, match="expects float32 input, got int64"):
+        dense.forward(np.ones((2, 4), np.int64))
+    with pytest.raises(TypeError, match="filters must be an int"):
+        fc.Conv2D((2, 7), 3)
+    with pytest.raises(TypeError, match="units must be an int"):
+        fc.Dense((3, 4))
+    with pytest.raises(ValueError, match="kernel_initializer must be one of"):
+        fc.Dense(3, kernel_initializer="zeros")
