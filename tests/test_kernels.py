@@ -194,3 +194,21 @@ def test_fused_conv2d_backward_matches_oracles(case, relu, input_grad):
                            mag_dx)
         else:
             assert dx is None and rdx is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 6, 28, 28), (2, 3, 7, 9)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool_2x2_fast_path_matches_oracles(shape, ties, rng):
+    """The unrolled 2x2, stride-2 path (SEED-ARCH's pool), odd sizes and ties included."""
+    x = rng.integers(-1, 2, shape) if ties else rng.standard_normal(shape)
+    x = x.astype(np.float32)
+    y, arg = kernels.maxpool2d_forward(x, 2, 2, 2, 2)
+    for oracle in ORACLES:
+        ry, rarg = oracle.maxpool2d_forward(x, 2, 2, 2, 2)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(arg, rarg)
+    x.reshape(-1)[x.size // 2] = np.nan  # one NaN: its plane takes the NaN-aware path
+    y, arg = kernels.maxpool2d_forward(x, 2, 2, 2, 2)
+    ry, rarg = reference.maxpool2d_forward(x, 2, 2, 2, 2)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(arg, rarg)
