@@ -11,7 +11,7 @@ result never depends on the number of threads.
 """
 
 import numpy as np
-from numba import prange
+from numba import prange, uint64
 
 from ._jit import jit
 
@@ -372,18 +372,25 @@ def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after, mask, use_mask):
     """
     N, C, H, W = x.shape
     xp = np.zeros((N, C, before + Hp * Wp + after), dtype=x.dtype)
-    # Element indexing, no row views: each view of a shared array updates its refcount
-    # atomically, which for 28-wide rows cost more than the copy (0.3 ms per call).
+    # One view per plane and unsigned indices: views of a shared array update its
+    # refcount atomically (per-row views cost more than the copy), and signed indices
+    # Numba cannot prove non-negative get wraparound checks that stop vectorisation.
     for t in prange(N * C):
         n = t // C
         c = t % C
+        dst = xp[n, c]
+        src = x[n, c].reshape(-1)
+        m = mask[n, c].reshape(-1)
         for h in range(H):
-            base = before + (pad_top + h) * Wp + pad_left
-            for w in range(W):
-                v = x[n, c, h, w]
-                if use_mask and not mask[n, c, h, w] > 0:
-                    v = 0
-                xp[n, c, base + w] = v
+            b = uint64(before + (pad_top + h) * Wp + pad_left)
+            r = uint64(h * W)
+            if use_mask:
+                for w in range(uint64(W)):
+                    v = src[r + w]
+                    dst[b + w] = v if m[r + w] > 0 else 0
+            else:
+                for w in range(uint64(W)):
+                    dst[b + w] = src[r + w]
     return xp
 
 
