@@ -474,8 +474,8 @@ def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_
 def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
     """xp: (N, C, Hp * Wp + KW), dq: (N, F, offset + out_h * Wp + ...) both from _pad_flat.
 
-    One task per (pair of filters, input channel) owns those dw[f, c]: no write races,
-    and the sum over samples runs in a fixed order whatever the thread count.
+    One task per (pair of filters, input channel[, kernel row]) owns those weights: no
+    write races, and the sum over samples runs in a fixed order whatever the thread count.
     Returns (dw (F, C, KH, KW), db (F,)).
     """
     N, C, _ = xp.shape
@@ -484,14 +484,19 @@ def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
     pairs = (F + 1) // 2
     dw = np.empty((F, C, KH, KW), dtype=xp.dtype)
     db = np.empty(F, dtype=xp.dtype)
-    for t in prange(pairs * C):
-        f0 = (t // C) * 2
-        c = t % C
+    # Few (filter pair, channel) tasks, as in conv1 (C = 1: 3 tasks for 2 threads), are
+    # split by kernel row too; with many, whole kernels per task reuse each dy plane.
+    rows = KH if pairs * C < 8 else 1
+    for t in prange(pairs * C * rows):
+        f0 = (t // (C * rows)) * 2
+        c = (t // rows) % C
+        k0 = (t % rows) if rows > 1 else 0
+        k1 = k0 + 1 if rows > 1 else KH
         nf = min(2, F - f0)
         acc = np.zeros((2, KH, KW))  # float64 across samples; data dtype within one plane
         scratch = np.zeros(1, dtype=xp.dtype)
         for n in range(N):
-            for ki in range(KH):
+            for ki in range(k0, k1):
                 src = xp[n, c, ki * Wp:]
                 if nf == 2:
                     _dot_taps2(acc[0, ki], acc[1, ki], dq[n, f0, offset:],
@@ -499,7 +504,7 @@ def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
                 else:
                     _dot_taps(acc[0, ki], dq[n, f0, offset:], src, L, scratch)
         for k in range(nf):
-            for ki in range(KH):
+            for ki in range(k0, k1):
                 for kj in range(KW):
                     dw[f0 + k, c, ki, kj] = acc[k, ki, kj]
     for f in prange(F):
