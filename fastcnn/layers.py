@@ -35,7 +35,8 @@ class Layer:
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Fill `grads` and return dL/dinput (None allowed when not need_input_grad)."""
         raise NotImplementedError
 
     def get_config(self) -> dict:

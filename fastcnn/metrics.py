@@ -1,11 +1,11 @@
-"""Classification metrics (accuracy, confusion matrix, per-class P/R/F1)."""
+"""Classification metrics (accuracy, confusion matrix, per-class P/R/F1, loss)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["accuracy", "confusion_matrix", "macro_f1", "precision_recall_f1"]
+__all__ = ["accuracy", "confusion_matrix", "macro_f1", "precision_recall_f1", "scores"]
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -80,3 +80,20 @@ def precision_recall_f1(
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int = 10) -> float:
     """Unweighted mean of the per-class F1 over all ``num_classes`` classes."""
     return float(np.mean(precision_recall_f1(y_true, y_pred, num_classes)[2]))
+
+
+def scores(y_true: ArrayLike, probs: np.ndarray) -> dict[str, float]:
+    """Cross-entropy loss, accuracy and macro F1 from class probabilities (N, classes)."""
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (N, classes), got shape {probs.shape}")
+    y = _check_labels(y_true, "y_true", probs.shape[1])
+    if len(y) != len(probs):
+        raise ValueError(f"y_true has {len(y)} labels for {len(probs)} rows of probs")
+    pred = probs.argmax(axis=1)
+    eps = np.finfo(probs.dtype).tiny  # a zero probability gives a large, finite loss
+    return {
+        "loss": float(-np.mean(np.log(probs[np.arange(len(y)), y] + eps))),
+        "accuracy": accuracy(y, pred),
+        "macro_f1": macro_f1(y, pred, probs.shape[1]),
+    }

@@ -260,14 +260,7 @@ class Sequential:
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> dict:
         """Loss, accuracy and macro F1 on labelled data."""
         y = self._check_labelled(x, y, "x", "y")
-        probs = self.predict(x, batch_size)
-        pred = probs.argmax(axis=1)
-        eps = np.finfo(probs.dtype).tiny
-        return {
-            "loss": float(-np.mean(np.log(probs[np.arange(len(y)), y] + eps))),
-            "accuracy": metrics.accuracy(y, pred),
-            "macro_f1": metrics.macro_f1(y, pred, self.output_shape[0]),
-        }
+        return metrics.scores(y, self.predict(x, batch_size))
 
     def _check_classifier(self) -> None:
         if len(self.output_shape) != 1:

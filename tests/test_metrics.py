@@ -134,3 +134,21 @@ def test_bad_num_classes(k: object) -> None:
 def test_empty_inputs_give_zero_counts() -> None:
     np.testing.assert_array_equal(confusion_matrix([], [], num_classes=3), np.zeros((3, 3)))
     assert macro_f1([], [], num_classes=3) == 0.0
+
+
+def test_scores_match_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    from fastcnn.metrics import scores
+
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((200, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = rng.integers(0, 4, 200)
+    s = scores(y, probs)
+    assert s["loss"] == pytest.approx(log_loss(y, probs, labels=range(4)), rel=1e-9)
+    assert s["accuracy"] == pytest.approx(accuracy_score(y, probs.argmax(1)))
+    assert s["macro_f1"] == pytest.approx(
+        f1_score(y, probs.argmax(1), average="macro", labels=range(4), zero_division=0))
+    with pytest.raises(ValueError, match="labels for"):
+        scores(y[:10], probs)
