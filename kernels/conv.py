@@ -363,157 +363,194 @@ def _dot_taps2(o0, o1, d0, d1, src, L, scratch):
             t += 1
 
 
-@jit(parallel=True)
-def _pad_flat(x, pad_top, pad_left, Hp, Wp, before, after, mask, use_mask):
-    """x (N, C, H, W) -> (N, C, before + Hp * Wp + after): zero-padded planes of pitch Wp.
+@jit(inline="always")
+def _flat_plane(dst, src, mask, use_mask, before, top, left, Wp):
+    """Write every element of dst: zeros, with the (H, W) plane src placed at row `top`,
+    column `left` of a pitch-Wp grid that starts at dst[before].
 
-    With use_mask, entries where mask (same shape as x) is <= 0 become zero: the ReLU
-    backward pass, fused into the copy the gradient kernels need anyway.
+    With use_mask, src is taken as zero where mask (same shape) is <= 0: the ReLU backward
+    pass, fused into the copy. Writing the zeros here (rather than zeroing the buffer
+    first) lets one buffer serve every sample of a task. Unsigned indices: signed ones
+    that Numba cannot prove non-negative get wraparound checks that stop vectorisation.
     """
-    N, C, H, W = x.shape
-    xp = np.zeros((N, C, before + Hp * Wp + after), dtype=x.dtype)
-    # One view per plane and unsigned indices: views of a shared array update its
-    # refcount atomically (per-row views cost more than the copy), and signed indices
-    # Numba cannot prove non-negative get wraparound checks that stop vectorisation.
-    for t in prange(N * C):
-        n = t // C
-        c = t % C
-        dst = xp[n, c]
-        src = x[n, c].reshape(-1)
-        m = mask[n, c].reshape(-1)
-        for h in range(H):
-            b = uint64(before + (pad_top + h) * Wp + pad_left)
-            r = uint64(h * W)
-            if use_mask:
-                for w in range(uint64(W)):
-                    v = src[r + w]
-                    dst[b + w] = v if m[r + w] > 0 else 0
-            else:
-                for w in range(uint64(W)):
-                    dst[b + w] = src[r + w]
-    return xp
+    H, W = src.shape
+    s = src.reshape(-1)
+    m = mask.reshape(-1)
+    Wu = uint64(W)
+    first = uint64(before + top * Wp + left)
+    for p in range(first):
+        dst[p] = 0
+    for h in range(uint64(H)):
+        b = first + h * uint64(Wp)
+        r = h * Wu
+        if use_mask:
+            for w in range(Wu):
+                v = s[r + w]
+                dst[b + w] = v if m[r + w] > 0 else 0
+        else:
+            for w in range(Wu):
+                dst[b + w] = s[r + w]
+        end = b + uint64(Wp) if h + uint64(1) < uint64(H) else uint64(dst.shape[0])
+        for p in range(b + Wu, end):
+            dst[p] = 0
+
+
+@jit(inline="always")
+def _crop_rows(dst, src, left, Wp, relu):
+    """dst (H, W) = the rows of pitch Wp in src, from column `left`; ReLU'd if relu.
+
+    A 1-D view and unsigned indices, so the copy vectorises (4-D indexing did not).
+    """
+    H, W = dst.shape
+    d = dst.reshape(-1)
+    Wu = uint64(W)
+    for h in range(uint64(H)):
+        b = h * uint64(Wp) + uint64(left)
+        r = h * Wu
+        if relu:
+            for w in range(Wu):
+                v = src[b + w]
+                d[r + w] = v if v > 0 else 0
+        else:
+            for w in range(Wu):
+                d[r + w] = src[b + w]
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
-def _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu):
-    """xp: (N, C, Hp * Wp + KW) from _pad_flat. Returns y: (N, F, out_h, out_w).
+def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu):
+    """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU.
 
-    One task per (sample, block of three filters): a batch of one still has work for
-    two threads, and the three filters share every load of the input.
+    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,). Returns y: (N, F, out_h, out_w).
+    One task per (sample, block of three filters): a batch of one still has work for two
+    threads, and the three filters share every load of the input. Each task pads its
+    sample into a buffer of its own (flat planes of pitch Wp), which stays in cache.
     """
-    N, C, _ = xp.shape
+    N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
-    blocks = (F + 2) // 3
-    y = np.empty((N, F, out_h, out_w), dtype=xp.dtype)
-    for t in prange(N * blocks):
-        n = t // blocks
-        f0 = (t % blocks) * 3
-        nf = min(3, F - f0)
-        acc = np.empty((3, L), dtype=xp.dtype)
-        for k in range(nf):
-            b = bias[f0 + k]
-            for p in range(L):
-                acc[k, p] = b
+    y = np.empty((N, F, out_h, out_w), dtype=x.dtype)
+    for n in prange(N):
+        xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
         for c in range(C):
-            for ki in range(KH):
-                src = xp[n, c, ki * Wp:]
-                if nf == 3:
-                    _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
-                               weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
-                else:
-                    for k in range(nf):
-                        _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
-        for k in range(nf):
-            for i in range(out_h):
-                for j in range(out_w):
-                    v = acc[k, i * Wp + j]
-                    if relu and v < 0:
-                        v = 0
-                    y[n, f0 + k, i, j] = v
+            _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
+        acc = np.empty((3, L), dtype=x.dtype)
+        for f0 in range(0, F, 3):
+            nf = min(3, F - f0)
+            for k in range(nf):
+                b = bias[f0 + k]
+                for p in range(L):
+                    acc[k, p] = b
+            for c in range(C):
+                for ki in range(KH):
+                    src = xp[c, ki * Wp:]
+                    if nf == 3:
+                        _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
+                                   weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
+                    else:
+                        for k in range(nf):
+                            _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
+            for k in range(nf):
+                _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
     return y
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
-def _conv2d_backward_input_s1(dyz, weight_flipped, in_h, in_w, Wp, pad_top, pad_left):
-    """dyz: dy from _pad_flat with a leading margin of (KH - 1) * Wp + KW - 1 zeros.
+def _conv2d_backward_s1(x, dy, mask, use_mask, weight_flipped, in_h, in_w, pad_top, pad_left,
+                        Hp, Wp, weight_grad, input_grad):
+    """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
-    weight_flipped: weight[:, :, :, ::-1], contiguous. dx[q] gathers dy[q - ki * Wp - kj],
-    a correlation with the flipped kernel rows; one task per (sample, block of three
-    input channels). Returns dx: (N, C, in_h, in_w).
+    dy: (N, F, OH, OW), taken as zero where use_mask and mask (same shape) <= 0 (the fused
+    ReLU). x: (N, C, in_h, in_w), read only when weight_grad (pass dy otherwise).
+    weight_flipped: weight[:, :, :, ::-1] (F, C, KH, KW), contiguous, read only when
+    input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not input_grad), dw:
+    (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
+
+    One task per fixed chunk of GRAD_CHUNK samples. Per sample it pads x and masks dy
+    into buffers of its own, once for every filter and channel; dy gets pitch Wp and a
+    leading margin, so the input gradient gathers without negative indices. Each chunk
+    sums its own weight gradient and the chunks are added in order at the end, so every
+    bit of the result is the same for any thread count.
     """
-    N, F, _ = dyz.shape
+    N, F, OH, _ = dy.shape
     _, C, KH, KW = weight_flipped.shape
     margin = (KH - 1) * Wp + KW - 1
-    L = in_h * Wp
+    L = OH * Wp  # weight gradient: one pass over dy's rows
+    Lin = in_h * Wp  # input gradient: one pass over dx's rows
     q0 = pad_top * Wp
-    blocks = (C + 2) // 3
-    dx = np.empty((N, C, in_h, in_w), dtype=dyz.dtype)
-    for t in prange(N * blocks):
-        n = t // blocks
-        c0 = (t % blocks) * 3
-        nc = min(3, C - c0)
-        acc = np.zeros((3, L), dtype=dyz.dtype)
-        for f in range(F):
-            for ki in range(KH):
-                src = dyz[n, f, margin + q0 - ki * Wp - (KW - 1):]
-                if nc == 3:
-                    _add_taps3(acc[0], acc[1], acc[2], src, weight_flipped[f, c0, ki],
-                               weight_flipped[f, c0 + 1, ki], weight_flipped[f, c0 + 2, ki], L)
-                else:
-                    for k in range(nc):
-                        _add_taps(acc[k], src, weight_flipped[f, c0 + k, ki], L)
-        for k in range(nc):
-            for h in range(in_h):
-                for w in range(in_w):
-                    dx[n, c0 + k, h, w] = acc[k, h * Wp + pad_left + w]
-    return dx
+    chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
+    dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
+    db_parts = np.zeros((chunks, F))
+    dx = np.empty((N if input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
+    for k in prange(chunks):
+        xp = np.empty((C if weight_grad else 0, Hp * Wp + KW), dtype=dy.dtype)
+        dz = np.empty((F, margin + Hp * Wp), dtype=dy.dtype)
+        acc = np.empty((3, Lin if input_grad else 0), dtype=dy.dtype)
+        scratch = np.zeros(1, dtype=dy.dtype)  # the data dtype for in-plane partial sums
+        dw = dw_parts[k]
+        for n in range(k * GRAD_CHUNK, min(N, (k + 1) * GRAD_CHUNK)):
+            for f in range(F):
+                _flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
+            if weight_grad:
+                for c in range(C):
+                    _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
+                for f in range(F):
+                    s = scratch[0]
+                    d = dz[f, margin:]
+                    for p in range(L):
+                        s += d[p]
+                    db_parts[k, f] += s
+                # Two filters per pass share the five source loads of a kernel row.
+                for f0 in range(0, F - 1, 2):
+                    for c in range(C):
+                        for ki in range(KH):
+                            _dot_taps2(dw[f0, c, ki], dw[f0 + 1, c, ki], dz[f0, margin:],
+                                       dz[f0 + 1, margin:], xp[c, ki * Wp:], L, scratch)
+                if F % 2 == 1:
+                    for c in range(C):
+                        for ki in range(KH):
+                            _dot_taps(dw[F - 1, c, ki], dz[F - 1, margin:], xp[c, ki * Wp:], L,
+                                      scratch)
+            if input_grad:
+                # dx[q] gathers dy[q - ki * Wp - kj]: a correlation with the flipped kernel
+                # rows, three input channels per pass sharing each load of dy.
+                for c0 in range(0, C, 3):
+                    nc = min(3, C - c0)
+                    for j in range(nc):
+                        for p in range(Lin):
+                            acc[j, p] = 0
+                    for f in range(F):
+                        for ki in range(KH):
+                            src = dz[f, margin + q0 - ki * Wp - (KW - 1):]
+                            if nc == 3:
+                                _add_taps3(acc[0], acc[1], acc[2], src,
+                                           weight_flipped[f, c0, ki],
+                                           weight_flipped[f, c0 + 1, ki],
+                                           weight_flipped[f, c0 + 2, ki], Lin)
+                            else:
+                                for j in range(nc):
+                                    _add_taps(acc[j], src, weight_flipped[f, c0 + j, ki], Lin)
+                    for j in range(nc):
+                        _crop_rows(dx[n, c0 + j], acc[j], pad_left, Wp, False)
+    dw_out = dw_parts[0].copy()
+    db_out = db_parts[0].copy()
+    for k in range(1, chunks):
+        dw_out += dw_parts[k]
+        db_out += db_parts[k]
+    return dx, dw_out, db_out
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
-def _conv2d_backward_weight_s1(xp, dq, offset, KH, KW, Wp, out_h):
-    """xp: (N, C, Hp * Wp + KW), dq: (N, F, offset + out_h * Wp + ...) both from _pad_flat.
-
-    One task per (pair of filters, input channel[, kernel row]) owns those weights: no
-    write races, and the sum over samples runs in a fixed order whatever the thread count.
-    Returns (dw (F, C, KH, KW), db (F,)).
-    """
-    N, C, _ = xp.shape
-    F = dq.shape[1]
-    L = out_h * Wp
-    pairs = (F + 1) // 2
-    dw = np.empty((F, C, KH, KW), dtype=xp.dtype)
-    db = np.empty(F, dtype=xp.dtype)
-    # Few (filter pair, channel) tasks, as in conv1 (C = 1: 3 tasks for 2 threads), are
-    # split by kernel row too; with many, whole kernels per task reuse each dy plane.
-    rows = KH if pairs * C < 8 else 1
-    for t in prange(pairs * C * rows):
-        f0 = (t // (C * rows)) * 2
-        c = (t // rows) % C
-        k0 = (t % rows) if rows > 1 else 0
-        k1 = k0 + 1 if rows > 1 else KH
-        nf = min(2, F - f0)
-        acc = np.zeros((2, KH, KW))  # float64 across samples; data dtype within one plane
-        scratch = np.zeros(1, dtype=xp.dtype)
-        for n in range(N):
-            for ki in range(k0, k1):
-                src = xp[n, c, ki * Wp:]
-                if nf == 2:
-                    _dot_taps2(acc[0, ki], acc[1, ki], dq[n, f0, offset:],
-                               dq[n, f0 + 1, offset:], src, L, scratch)
-                else:
-                    _dot_taps(acc[0, ki], dq[n, f0, offset:], src, L, scratch)
-        for k in range(nf):
-            for ki in range(k0, k1):
-                for kj in range(KW):
-                    dw[f0 + k, c, ki, kj] = acc[k, ki, kj]
-    for f in prange(F):
-        s = 0.0
-        for n in range(N):
-            for p in range(L):
-                s += dq[n, f, offset + p]
-        db[f] = s
-    return dw, db
+@jit(parallel=True)
+def _relu_mask(dy, y):
+    """dy where y > 0, else 0 (the ReLU backward pass). dy, y: (N, C, H, W)."""
+    out = np.empty_like(dy)
+    N, C, _, _ = dy.shape
+    for t in prange(N * C):
+        d = dy[t // C, t % C].reshape(-1)
+        m = y[t // C, t % C].reshape(-1)
+        o = out[t // C, t % C].reshape(-1)
+        for p in range(d.shape[0]):
+            o[p] = d[p] if m[p] > 0 else 0
+    return out
 
 
 @jit()
@@ -528,12 +565,9 @@ def _sum_parts(parts):
     return out
 
 
-
 def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
-    """(Hp, Wp, margin) of the flat stride-1 layout."""
-    Wp = max(W + pad_left, out_w + KW - 1)
-    Hp = max(H + pad_top, out_h + KH - 1)
-    return Hp, Wp, (KH - 1) * Wp + KW - 1
+    """(Hp, Wp) of the flat stride-1 layout: rows and row pitch of a padded plane."""
+    return max(H + pad_top, out_h + KH - 1), max(W + pad_left, out_w + KW - 1)
 
 
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
@@ -547,9 +581,23 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
                                        out_h, out_w, relu)
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
-    Hp, Wp, _ = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW, x, False)
-    return _conv2d_forward_s1(xp, weight, bias, Wp, out_h, out_w, relu)
+    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu)
+
+
+def _flipped(weight):
+    return np.ascontiguousarray(weight[:, :, :, ::-1])
+
+
+def _backward_s1(x, weight, dy, mask, relu, in_h, in_w, pad_top, pad_left, weight_grad,
+                 input_grad):
+    """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype."""
+    _, _, OH, OW = dy.shape
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(in_h, in_w, OH, OW, KH, KW, pad_top, pad_left)
+    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, _flipped(weight), in_h, in_w, pad_top,
+                                     pad_left, Hp, Wp, weight_grad, input_grad)
+    return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
 
 def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
@@ -561,10 +609,9 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
     """
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
-    _, _, OH, OW = dy.shape
     if stride_h != 1 or stride_w != 1:
         if relu:
-            dy = _pad_flat(dy, 0, 0, OH, OW, 0, 0, y, True).reshape(dy.shape)
+            dy = _relu_mask(dy, y)
         dx = None
         if input_grad:
             dx = _conv2d_backward_input_strided(dy, weight, H, W, stride_h, stride_w,
@@ -572,17 +619,7 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
         dw_parts, db_parts = _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
                                                      pad_top, pad_left)
         return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
-    Hp, Wp, margin = _s1_geometry(H, W, OH, OW, KH, KW, pad_top, pad_left)
-    # One layout of dy serves both kernels: pitch Wp, zero columns past each row, and a
-    # leading margin so the input gradient can gather without negative indices.
-    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0, y, relu)
-    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, KW, x, False)
-    dw, db = _conv2d_backward_weight_s1(xp, dyz, margin, KH, KW, Wp, OH)
-    dx = None
-    if input_grad:
-        flipped = np.ascontiguousarray(weight[:, :, :, ::-1])
-        dx = _conv2d_backward_input_s1(dyz, flipped, H, W, Wp, pad_top, pad_left)
-    return dx, dw, db
+    return _backward_s1(x, weight, dy, y, relu, H, W, pad_top, pad_left, True, input_grad)
 
 
 def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
@@ -593,12 +630,8 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
     if stride_h != 1 or stride_w != 1:
         return _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
                                               pad_top, pad_left)
-    _, _, OH, OW = dy.shape
-    _, _, KH, KW = weight.shape
-    Hp, Wp, margin = _s1_geometry(in_h, in_w, OH, OW, KH, KW, pad_top, pad_left)
-    dyz = _pad_flat(dy, 0, 0, Hp, Wp, margin, 0, dy, False)
-    flipped = np.ascontiguousarray(weight[:, :, :, ::-1])
-    return _conv2d_backward_input_s1(dyz, flipped, in_h, in_w, Wp, pad_top, pad_left)
+    return _backward_s1(dy, weight, dy, dy, False, in_h, in_w, pad_top, pad_left, False,
+                        True)[0]
 
 
 def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
@@ -611,9 +644,7 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
             x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
         )
         return _sum_parts(dw_parts), _sum_parts(db_parts)
-    _, _, H, W = x.shape
-    _, _, OH, OW = dy.shape
-    Hp, Wp, _ = _s1_geometry(H, W, OH, OW, kernel_h, kernel_w, pad_top, pad_left)
-    xp = _pad_flat(x, pad_top, pad_left, Hp, Wp, 0, kernel_w, x, False)
-    dq = _pad_flat(dy, 0, 0, OH, Wp, 0, 0, dy, False)
-    return _conv2d_backward_weight_s1(xp, dq, 0, kernel_h, kernel_w, Wp, OH)
+    _, C, H, W = x.shape
+    # The kernel reads only the weight's shape on this path.
+    shape = np.empty((dy.shape[1], C, kernel_h, kernel_w), dtype=x.dtype)
+    return _backward_s1(x, shape, dy, dy, False, H, W, pad_top, pad_left, True, False)[1:]
