@@ -1,11 +1,11 @@
-"""Each convolution and pooling kernel at SEED-ARCH shapes, in three implementations:
+"""Each convolution, pooling and dense kernel at SEED-ARCH shapes, in three implementations:
 `fastcnn.kernels` (Numba), `fastcnn.reference` (vectorised NumPy) and `fastcnn.naive`
 (loops, on a smaller batch). One group per operation; compare `per_sample_us`.
 
-conv1: 1 -> 6 channels, conv2: 6 -> 6, both 5x5 'same' on 28x28; pool: 2x2 on 6x28x28.
-Only conv2 needs an input gradient: training skips it for the first layer.
-`*-backward-fused` is `conv2d_backward`, what training calls: ReLU mask, weight and bias
-gradients, and for conv2 the input gradient, in one pass.
+conv1: 1 -> 6 channels, conv2: 6 -> 6, both 5x5 'same' on 28x28; pool: 2x2 on 6x28x28;
+dense1: 1176 -> 100 with ReLU. Only conv2 needs an input gradient: training skips it for
+the first layer. `*-backward-fused` is `conv2d_backward` (`dense_backward`), what training
+calls: ReLU mask, weight and bias gradients, and the input gradient, in one pass.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ NAIVE_BATCH = 2
 FAST_BATCH, FAST_NAIVE_BATCH = 8, 1
 OPS = ("conv1-forward", "conv1-forward-relu", "conv2-forward", "conv2-forward-relu",
        "conv2-backward-input", "conv1-backward-weight", "conv2-backward-weight",
-       "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward")
+       "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward",
+       "dense1-forward-relu", "dense1-backward-fused")
 
 
 def pytest_generate_tests(metafunc):
@@ -47,6 +48,12 @@ def make_case(op: str, batch: int):
     def normal(*shape, scale=1.0):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    if op.startswith("dense1"):
+        x, w, y = normal(batch, 1176), normal(1176, 100, scale=0.05), normal(batch, 100)
+        if op == "dense1-forward-relu":
+            return "dense_forward", (x, w, normal(100), True), [(batch, 100)]
+        args = (x, w, normal(batch, 100), np.maximum(y, 0), True, True)
+        return "dense_backward", args, [(batch, 1176), (1176, 100), (100,)]
     pt, pl, oh, ow = SAME_5x5
     cin = 1 if op.startswith("conv1") else 6
     x = normal(batch, cin, 28, 28)

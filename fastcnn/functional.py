@@ -279,3 +279,66 @@ def max_pool2d_backward(
         argmax = np.array(argmax, order="C")
     dx = impl.maxpool2d_backward(dy, argmax, H, W)
     return dx.astype(dy.dtype, copy=False)
+
+
+def _check_dense(x, weight, bias):
+    x = check_array(x, "x", 2)
+    weight = check_array(weight, "weight", 2, x.dtype)
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight expects {weight.shape[0]} input features, x has {x.shape[1]} "
+                         f"(x shape {x.shape}, weight shape {weight.shape})")
+    if bias is None:
+        bias = np.zeros(weight.shape[1], dtype=x.dtype)
+    bias = check_array(bias, "bias", 1, x.dtype)
+    if bias.shape[0] != weight.shape[1]:
+        raise ValueError(f"bias must have shape ({weight.shape[1]},), got {bias.shape}")
+    return x, weight, bias
+
+
+def dense(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    relu: bool = False,
+    backend: str = "numba",
+) -> np.ndarray:
+    """Fully connected layer x @ weight + bias. x: (N, K); weight: (K, U); bias: (U,) or None."""
+    impl = backend_module(backend)
+    relu = check_bool(relu, "relu")
+    x, weight, bias = _check_dense(x, weight, bias)
+    _check_budget((x.shape[0], weight.shape[1]), "the output")
+    return impl.dense_forward(x, weight, bias, relu).astype(x.dtype, copy=False)
+
+
+def dense_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dy: np.ndarray,
+    *,
+    relu_output: np.ndarray | None = None,
+    need_input_grad: bool = True,
+    backend: str = "numba",
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx, dweight, dbias) of a dense layer given the output gradient dy.
+
+    Pass ``relu_output`` (the output of ``dense(..., relu=True)``) to backpropagate
+    through the fused ReLU as well; dx is None when not ``need_input_grad``.
+    """
+    impl = backend_module(backend)
+    need_input_grad = check_bool(need_input_grad, "need_input_grad")
+    x, weight, _ = _check_dense(x, weight, None)
+    dy = check_array(dy, "dy", 2, x.dtype)
+    expected = (x.shape[0], weight.shape[1])
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    relu = relu_output is not None
+    if relu:
+        relu_output = check_array(relu_output, "relu_output", 2, x.dtype)
+        if relu_output.shape != expected:
+            raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
+    dx, dw, db = impl.dense_backward(x, weight, dy, relu_output if relu else dy, relu,
+                                     need_input_grad)
+    if dx is not None:
+        dx = dx.astype(x.dtype, copy=False)
+    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)

@@ -86,4 +86,26 @@ def maxpool2d_backward(dy, argmax, in_h, in_w):
     return dx.reshape(N, C, in_h, in_w)
 
 
+def dense_forward(x, weight, bias, relu):
+    w = weight.astype(np.float64)
+    y = np.zeros((x.shape[0], w.shape[1]))
+    for n in range(x.shape[0]):  # one sample at a time, as the original FeedForward
+        y[n] = np.dot(x[n], w) + bias
+    return np.maximum(y, 0.0) if relu else y
+
+
+def dense_backward(x, weight, dy, y, relu, input_grad):
+    w = weight.astype(np.float64)
+    dx = np.zeros(x.shape) if input_grad else None
+    dw = np.zeros(w.shape)
+    db = np.zeros(w.shape[1])
+    for n in range(x.shape[0]):
+        g = np.where(y[n] > 0, dy[n], 0.0) if relu else dy[n].astype(np.float64)
+        dw += np.outer(x[n], g)
+        db += g
+        if input_grad:
+            dx[n] = np.dot(w, g)
+    return dx, dw, db
+
+
 conv2d_backward = fused_backward(conv2d_backward_input, conv2d_backward_weight)

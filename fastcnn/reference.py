@@ -79,6 +79,17 @@ def maxpool2d_backward(dy, argmax, in_h, in_w):
     return dx.reshape(N, C, in_h, in_w)
 
 
+def dense_forward(x, weight, bias, relu):
+    y = x.astype(np.float64) @ weight.astype(np.float64) + bias.astype(np.float64)
+    return np.maximum(y, 0.0) if relu else y
+
+
+def dense_backward(x, weight, dy, y, relu, input_grad):
+    g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
+    dx = g @ weight.astype(np.float64).T if input_grad else None
+    return dx, x.astype(np.float64).T @ g, g.sum(axis=0)
+
+
 def fused_backward(backward_input, backward_weight):
     """The fused conv2d_backward of a module, composed from its two gradient functions."""
 

@@ -10,6 +10,7 @@ from .conv import (
     conv2d_backward_weight,
     conv2d_forward,
 )
+from .dense import dense_backward, dense_forward
 from .pool import maxpool2d_backward, maxpool2d_forward
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "dense_forward",
+    "dense_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
 ]

@@ -212,3 +212,67 @@ def test_maxpool_2x2_fast_path_matches_oracles(shape, ties, rng):
     ry, rarg = reference.maxpool2d_forward(x, 2, 2, 2, 2)
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(arg, rarg)
+
+
+@st.composite
+def dense_cases(draw):
+    # Sizes around the kernels' blocks (4 samples x 3 units forward, 3 rows x 5 taps
+    # in the gradients, 16-row transpose tiles), and SEED-ARCH's own layers.
+    n = draw(st.one_of(st.integers(1, 9), st.sampled_from([16, 17, 64])))
+    k = draw(st.one_of(st.integers(1, 40), st.sampled_from([100, 1176])))
+    u = draw(st.one_of(st.integers(1, 8), st.sampled_from([10, 100])))
+    return n, k, u, draw(st.integers(0, 2**32 - 1))
+
+
+@given(dense_cases(), st.booleans(), st.booleans())
+def test_dense_matches_oracles(case, relu, input_grad):
+    n, k, u, seed = case
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, k)).astype(np.float32)
+    wt = r.standard_normal((k, u)).astype(np.float32)
+    b = r.standard_normal(u).astype(np.float32)
+    dy = r.standard_normal((n, u)).astype(np.float32)
+    y = kernels.dense_forward(x, wt, b, relu)
+    mag = reference.dense_forward(np.abs(x), np.abs(wt), np.abs(b), False)
+    dx, dw, db = kernels.dense_backward(x, wt, dy, y, relu, input_grad)
+    mag_dx, mag_dw, mag_db = reference.dense_backward(np.abs(x), np.abs(wt), np.abs(dy), y,
+                                                      False, True)
+    for oracle in ORACLES:
+        assert_close32(y, oracle.dense_forward(x, wt, b, relu), mag)
+        rdx, rdw, rdb = oracle.dense_backward(x, wt, dy, y, relu, input_grad)
+        assert_close32(dw, rdw, mag_dw)
+        assert_close32(db, rdb, mag_db)
+        if input_grad:
+            assert_close32(dx, rdx, mag_dx)
+        else:
+            assert dx is None and rdx is None
+
+
+def test_dense_float64_matches_tightly(rng):
+    x, wt = rng.standard_normal((13, 37)), rng.standard_normal((37, 7))
+    b, dy = rng.standard_normal(7), rng.standard_normal((13, 7))
+    y = kernels.dense_forward(x, wt, b, True)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, reference.dense_forward(x, wt, b, True), rtol=1e-10,
+                               atol=1e-12)
+    for got, want in zip(kernels.dense_backward(x, wt, dy, y, True, True),
+                         reference.dense_backward(x, wt, dy, y, True, True), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [9, 17, 64])
+def test_conv2d_backward_across_sample_chunks(batch, rng):
+    """Batches that span several of the weight gradient's fixed chunks, ragged ends too."""
+    x = rng.standard_normal((batch, 3, 11, 9)).astype(np.float32)
+    wt = rng.standard_normal((5, 3, 3, 4)).astype(np.float32)
+    geo = functional.conv_geometry(11, 9, (3, 4), (1, 1), "same")
+    pt, pl, oh, ow = geo
+    y = kernels.conv2d_forward(x, wt, np.zeros(5, np.float32), 1, 1, *geo, True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = kernels.conv2d_backward(x, wt, dy, y, True, 1, 1, pt, pl, True)
+    rdx, rdw, rdb = reference.conv2d_backward(x, wt, dy, y, True, 1, 1, pt, pl, True)
+    mag_dw, mag_db = reference.conv2d_backward_weight(np.abs(x), np.abs(dy), 3, 4, 1, 1, pt, pl)
+    mag_dx = reference.conv2d_backward_input(np.abs(dy), np.abs(wt), 11, 9, 1, 1, pt, pl)
+    assert_close32(dx, rdx, mag_dx)
+    assert_close32(dw, rdw, mag_dw)
+    assert_close32(db, rdb, mag_db)

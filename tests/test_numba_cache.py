@@ -13,9 +13,9 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import fastcnn
-from fastcnn.kernels import _jit, compat, conv, pool
+from fastcnn.kernels import _jit, compat, conv, dense, pool
 
-KERNEL_MODULES = [conv, pool, compat]
+KERNEL_MODULES = [conv, dense, pool, compat]
 
 
 def jitted_calls(dispatcher):

@@ -1,0 +1,174 @@
+"""Fully connected kernels: y = x @ weight + bias over a mini-batch, and its gradients.
+
+x: (N, K); weight: (K, U), as in Keras; all C-contiguous and of one float dtype. The
+Python layer (`fastcnn.functional`) checks shapes and dtypes before calling.
+
+fastcnn pins BLAS to one thread so that it does not fight Numba's workers for the
+cores; these kernels give the products to those workers instead. Every output belongs
+to one task and is summed in a fixed order, so no result depends on the thread count.
+Long rows carry the vector loops: the forward pass takes dot products along K, and the
+gradients sweep rows of length K (of weight transposed, and of x).
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit
+
+_FASTMATH = {"reassoc", "contract"}
+_TILE = 16  # rows per transpose task: a tile's writes share cache lines
+
+
+@jit(inline="always")
+def _transpose_into(out, a, t):
+    """Rows t * _TILE ... of a (R, S) into columns of out (S, R)."""
+    R, S = a.shape
+    for r in range(t * _TILE, min(R, (t + 1) * _TILE)):
+        for s in range(S):
+            out[s, r] = a[r, s]
+
+
+@jit(inline="always", fastmath=_FASTMATH)
+def _dots4x3(a0, a1, a2, a3, b0, b1, b2, K, zero):
+    """The 12 dot products a_i . b_j over K: four rows share each load of b, three
+    columns each load of a, and the 12 sums stay in vector registers."""
+    s00 = s01 = s02 = s10 = s11 = s12 = zero
+    s20 = s21 = s22 = s30 = s31 = s32 = zero
+    for k in range(K):
+        p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
+        q0, q1, q2 = b0[k], b1[k], b2[k]
+        s00 += p0 * q0
+        s01 += p0 * q1
+        s02 += p0 * q2
+        s10 += p1 * q0
+        s11 += p1 * q1
+        s12 += p1 * q2
+        s20 += p2 * q0
+        s21 += p2 * q1
+        s22 += p2 * q2
+        s30 += p3 * q0
+        s31 += p3 * q1
+        s32 += p3 * q2
+    return (s00, s01, s02), (s10, s11, s12), (s20, s21, s22), (s30, s31, s32)
+
+
+@jit(inline="always", fastmath=_FASTMATH)
+def _rows3(acc, a, i0, B):
+    """acc[r, p] = sum_t a[i_r, t] * B[t, p] for the rows i_r = i0, i0 + 1, i0 + 2 of a
+    (clamped to its last row); five taps per pass, three rows sharing each load of B.
+
+    acc: (3, P); a: (M, T); B: (T, P).
+    """
+    M, T = a.shape
+    P = B.shape[1]
+    c0, c1, c2 = acc[0], acc[1], acc[2]
+    r0, r1, r2 = min(i0, M - 1), min(i0 + 1, M - 1), min(i0 + 2, M - 1)
+    for p in range(P):
+        c0[p] = 0
+        c1[p] = 0
+        c2[p] = 0
+    t = 0
+    while t + 5 <= T:
+        u0, u1, u2, u3, u4 = a[r0, t], a[r0, t + 1], a[r0, t + 2], a[r0, t + 3], a[r0, t + 4]
+        v0, v1, v2, v3, v4 = a[r1, t], a[r1, t + 1], a[r1, t + 2], a[r1, t + 3], a[r1, t + 4]
+        z0, z1, z2, z3, z4 = a[r2, t], a[r2, t + 1], a[r2, t + 2], a[r2, t + 3], a[r2, t + 4]
+        s0, s1, s2, s3, s4 = B[t], B[t + 1], B[t + 2], B[t + 3], B[t + 4]
+        for p in range(P):
+            x0, x1, x2, x3, x4 = s0[p], s1[p], s2[p], s3[p], s4[p]
+            c0[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3 + u4 * x4
+            c1[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3 + v4 * x4
+            c2[p] += z0 * x0 + z1 * x1 + z2 * x2 + z3 * x3 + z4 * x4
+        t += 5
+    while t < T:
+        u0, v0, z0 = a[r0, t], a[r1, t], a[r2, t]
+        s0 = B[t]
+        for p in range(P):
+            x0 = s0[p]
+            c0[p] += u0 * x0
+            c1[p] += v0 * x0
+            c2[p] += z0 * x0
+        t += 1
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _dense_forward(x, weight, bias, relu):
+    N, K = x.shape
+    U = weight.shape[1]
+    wt = np.empty((U, K), dtype=x.dtype)
+    for t in prange((K + _TILE - 1) // _TILE):
+        _transpose_into(wt, weight, t)
+    y = np.empty((N, U), dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]  # sums in the data dtype vectorise
+    ub = (U + 2) // 3
+    for t in prange(((N + 3) // 4) * ub):
+        n0 = (t // ub) * 4
+        u0 = (t % ub) * 3
+        # A block past the last row (unit) repeats it; only in-range sums are stored.
+        rows = (x[min(n0, N - 1)], x[min(n0 + 1, N - 1)], x[min(n0 + 2, N - 1)],
+                x[min(n0 + 3, N - 1)])
+        sums = _dots4x3(rows[0], rows[1], rows[2], rows[3], wt[min(u0, U - 1)],
+                        wt[min(u0 + 1, U - 1)], wt[min(u0 + 2, U - 1)], K, zero)
+        for i in range(min(4, N - n0)):
+            for j in range(min(3, U - u0)):
+                v = sums[i][j] + bias[u0 + j]
+                if relu and v < 0:
+                    v = 0
+                y[n0 + i, u0 + j] = v
+    return y
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
+    N, K = x.shape
+    U = weight.shape[1]
+    # dy through the ReLU, and transposed: the weight gradient takes its rows as taps.
+    g = np.empty((N, U), dtype=dy.dtype)
+    gt = np.empty((U, N), dtype=dy.dtype)
+    db = np.zeros(U)
+    for n in range(N):
+        for u in range(U):
+            v = dy[n, u] if not use_mask or mask[n, u] > 0 else 0
+            g[n, u] = v
+            gt[u, n] = v
+            db[u] += v
+    # dw = x.T @ g, computed as its transpose g.T @ x: rows of length K.
+    dwt = np.empty((U, K), dtype=dy.dtype)
+    for t in prange((U + 2) // 3):
+        acc = np.empty((3, K), dtype=dy.dtype)
+        _rows3(acc, gt, 3 * t, x)
+        for r in range(min(3, U - 3 * t)):
+            dwt[3 * t + r] = acc[r]
+    dw = np.empty((K, U), dtype=dy.dtype)
+    for t in prange((U + _TILE - 1) // _TILE):
+        _transpose_into(dw, dwt, t)
+    # dx = g @ weight.T: rows of weight.T (length K) as taps.
+    dx = np.empty((N if input_grad else 0, K), dtype=dy.dtype)
+    if input_grad:
+        wt = np.empty((U, K), dtype=dy.dtype)
+        for t in prange((K + _TILE - 1) // _TILE):
+            _transpose_into(wt, weight, t)
+        for t in prange((N + 2) // 3):
+            acc = np.empty((3, K), dtype=dy.dtype)
+            _rows3(acc, g, 3 * t, wt)
+            for r in range(min(3, N - 3 * t)):
+                dx[3 * t + r] = acc[r]
+    return dx, dw, db
+
+
+def dense_forward(x, weight, bias, relu):
+    """y = x @ weight + bias, optionally followed by ReLU.
+
+    x: (N, K); weight: (K, U); bias: (U,); all one float dtype. Returns y: (N, U).
+    """
+    return _dense_forward(x, weight, bias, relu)
+
+
+def dense_backward(x, weight, dy, y, relu, input_grad):
+    """All gradients of a dense layer.
+
+    x: (N, K); weight: (K, U); dy, y: (N, U). With relu, y is the fused dense + ReLU
+    output and dy is first zeroed where y <= 0. Returns (dx: (N, K) or None when not
+    input_grad, dw: (K, U), db: (U,)).
+    """
+    dx, dw, db = _dense_backward(x, weight, dy, y, relu, input_grad)
+    return (dx if input_grad else None), dw, db.astype(dy.dtype)
