@@ -17,6 +17,9 @@ from ._jit import jit
 
 _FASTMATH = {"reassoc", "contract"}
 _TILE = 16  # rows per transpose task: a tile's writes share cache lines
+# Below this many samples the products are memory-bound: the kernels read the weight
+# in place rather than pay for its transpose.
+_SMALL_BATCH = 16
 
 
 @jit(inline="always")
@@ -94,10 +97,22 @@ def _rows3(acc, a, i0, B):
 def _dense_forward(x, weight, bias, relu):
     N, K = x.shape
     U = weight.shape[1]
+    y = np.empty((N, U), dtype=x.dtype)
+    if N < _SMALL_BATCH:
+        # Few samples: rows of weight as taps, reading the weight once with no transpose.
+        for t in prange((N + 2) // 3):
+            acc = np.empty((3, U), dtype=x.dtype)
+            _rows3(acc, x, 3 * t, weight)
+            for r in range(min(3, N - 3 * t)):
+                for u in range(U):
+                    v = acc[r, u] + bias[u]
+                    if relu and v < 0:
+                        v = 0
+                    y[3 * t + r, u] = v
+        return y
     wt = np.empty((U, K), dtype=x.dtype)
     for t in prange((K + _TILE - 1) // _TILE):
         _transpose_into(wt, weight, t)
-    y = np.empty((N, U), dtype=x.dtype)
     zero = np.zeros(1, dtype=x.dtype)[0]  # sums in the data dtype vectorise
     ub = (U + 2) // 3
     for t in prange(((N + 3) // 4) * ub):
@@ -117,39 +132,89 @@ def _dense_forward(x, weight, bias, relu):
     return y
 
 
+@jit(inline="always", fastmath=_FASTMATH)
+def _cols3(acc, a, j0, B):
+    """acc[r, p] = sum_t a[t, j_r] * B[t, p] for the columns j_r = j0, j0 + 1, j0 + 2 of a
+    (clamped to its last column): _rows3 with a read transposed, so that x.T @ g needs
+    no transposed copy of x. acc: (3, P); a: (T, M); B: (T, P).
+    """
+    T, M = a.shape
+    P = B.shape[1]
+    c0, c1, c2 = acc[0], acc[1], acc[2]
+    r0, r1, r2 = min(j0, M - 1), min(j0 + 1, M - 1), min(j0 + 2, M - 1)
+    for p in range(P):
+        c0[p] = 0
+        c1[p] = 0
+        c2[p] = 0
+    t = 0
+    while t + 5 <= T:
+        u0, u1, u2, u3, u4 = a[t, r0], a[t + 1, r0], a[t + 2, r0], a[t + 3, r0], a[t + 4, r0]
+        v0, v1, v2, v3, v4 = a[t, r1], a[t + 1, r1], a[t + 2, r1], a[t + 3, r1], a[t + 4, r1]
+        z0, z1, z2, z3, z4 = a[t, r2], a[t + 1, r2], a[t + 2, r2], a[t + 3, r2], a[t + 4, r2]
+        s0, s1, s2, s3, s4 = B[t], B[t + 1], B[t + 2], B[t + 3], B[t + 4]
+        for p in range(P):
+            x0, x1, x2, x3, x4 = s0[p], s1[p], s2[p], s3[p], s4[p]
+            c0[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3 + u4 * x4
+            c1[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3 + v4 * x4
+            c2[p] += z0 * x0 + z1 * x1 + z2 * x2 + z3 * x3 + z4 * x4
+        t += 5
+    while t < T:
+        u0, v0, z0 = a[t, r0], a[t, r1], a[t, r2]
+        s0 = B[t]
+        for p in range(P):
+            x0 = s0[p]
+            c0[p] += u0 * x0
+            c1[p] += v0 * x0
+            c2[p] += z0 * x0
+        t += 1
+
+
 @jit(parallel=True, fastmath=_FASTMATH)
 def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     N, K = x.shape
     U = weight.shape[1]
-    # dy through the ReLU, and transposed: the weight gradient takes its rows as taps.
-    g = np.empty((N, U), dtype=dy.dtype)
-    gt = np.empty((U, N), dtype=dy.dtype)
+    # dy through the ReLU, with zero columns up to a multiple of 16: rows of the weight
+    # gradient then vectorise with no scalar remainder (the padding is never stored).
+    Up = (U + 15) // 16 * 16
+    g = np.zeros((N, Up), dtype=dy.dtype)
     db = np.zeros(U)
     for n in range(N):
         for u in range(U):
             v = dy[n, u] if not use_mask or mask[n, u] > 0 else 0
             g[n, u] = v
-            gt[u, n] = v
             db[u] += v
-    # dw = x.T @ g, computed as its transpose g.T @ x: rows of length K.
-    dwt = np.empty((U, K), dtype=dy.dtype)
-    for t in prange((U + 2) // 3):
-        acc = np.empty((3, K), dtype=dy.dtype)
-        _rows3(acc, gt, 3 * t, x)
-        for r in range(min(3, U - 3 * t)):
-            dwt[3 * t + r] = acc[r]
+    # dw = x.T @ g: three rows of dw per task, samples as taps.
     dw = np.empty((K, U), dtype=dy.dtype)
-    for t in prange((U + _TILE - 1) // _TILE):
-        _transpose_into(dw, dwt, t)
-    # dx = g @ weight.T: rows of weight.T (length K) as taps.
+    for t in prange((K + 2) // 3):
+        acc = np.empty((3, Up), dtype=dy.dtype)
+        _cols3(acc, x, 3 * t, g)
+        for r in range(min(3, K - 3 * t)):
+            for u in range(U):
+                dw[3 * t + r, u] = acc[r, u]
+    # dx = g @ weight.T. Few samples: dot products along the rows of weight, which reads
+    # the weight once. Many: rows of weight.T (length K) as taps, which vectorise better
+    # than dot products of length U but need the transpose.
     dx = np.empty((N if input_grad else 0, K), dtype=dy.dtype)
-    if input_grad:
+    if input_grad and N < _SMALL_BATCH:
+        zero = np.zeros(1, dtype=dy.dtype)[0]
+        nb = (N + 2) // 3
+        for t in prange(((K + 3) // 4) * nb):
+            k0 = (t // nb) * 4
+            n0 = (t % nb) * 3
+            sums = _dots4x3(weight[min(k0, K - 1)], weight[min(k0 + 1, K - 1)],
+                            weight[min(k0 + 2, K - 1)], weight[min(k0 + 3, K - 1)],
+                            g[min(n0, N - 1)], g[min(n0 + 1, N - 1)], g[min(n0 + 2, N - 1)],
+                            U, zero)
+            for i in range(min(4, K - k0)):
+                for j in range(min(3, N - n0)):
+                    dx[n0 + j, k0 + i] = sums[i][j]
+    elif input_grad:
         wt = np.empty((U, K), dtype=dy.dtype)
         for t in prange((K + _TILE - 1) // _TILE):
             _transpose_into(wt, weight, t)
         for t in prange((N + 2) // 3):
             acc = np.empty((3, K), dtype=dy.dtype)
-            _rows3(acc, g, 3 * t, wt)
+            _rows3(acc, g[:, :U], 3 * t, wt)
             for r in range(min(3, N - 3 * t)):
                 dx[3 * t + r] = acc[r]
     return dx, dw, db
