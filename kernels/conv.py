@@ -410,7 +410,7 @@ def _crop_rows(dst, src, left, Wp, relu):
         if relu:
             for w in range(Wu):
                 v = src[b + w]
-                d[r + w] = v if v > 0 else 0
+                d[r + w] = 0 if v < 0 else v  # NaN stays NaN, as in np.maximum
         else:
             for w in range(Wu):
                 d[r + w] = src[b + w]

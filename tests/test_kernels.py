@@ -276,3 +276,21 @@ def test_conv2d_backward_across_sample_chunks(batch, rng):
     assert_close32(dx, rdx, mag_dx)
     assert_close32(dw, rdw, mag_dw)
     assert_close32(db, rdb, mag_db)
+
+
+def test_fused_relu_keeps_nan():
+    """ReLU(NaN) is NaN, as np.maximum (the oracles) and PyTorch have it: a diverged
+    network must not turn finite inside a fused kernel."""
+    x = np.ones((2, 1, 6, 6), np.float32)
+    x[1, 0, 3, 3] = np.nan
+    wt = np.full((4, 1, 3, 3), -1.0, np.float32)  # every finite output is negative
+    y = kernels.conv2d_forward(x, wt, np.zeros(4, np.float32), 1, 1, 1, 1, 6, 6, True)
+    expected = reference.conv2d_forward(x, wt, np.zeros(4), 1, 1, 1, 1, 6, 6, True)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isnan(y[1]).any() and not np.isnan(y[0]).any()
+    xd = -np.ones((20, 5), np.float32)
+    xd[3, 2] = np.nan
+    yd = kernels.dense_forward(xd, np.ones((5, 4), np.float32), np.zeros(4, np.float32), True)
+    np.testing.assert_array_equal(np.isnan(yd), np.isnan(reference.dense_forward(
+        xd, np.ones((5, 4)), np.zeros(4), True)))
+    assert np.isnan(yd[3]).all() and (yd[np.arange(20) != 3] == 0).all()
