@@ -190,6 +190,34 @@ def conv2d(
     return y.astype(x.dtype, copy=False)
 
 
+def conv2d_max_pool2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = "valid",
+    pool_size: int | tuple[int, int] = 2,
+    *,
+    relu: bool = False,
+    backend: str = "numba",
+) -> np.ndarray:
+    """max_pool2d(conv2d(...), pool_size) in one pass, for inference: the same values,
+    without storing the unpooled output (or the argmax a backward pass would need).
+    The pool windows do not overlap (stride = pool size)."""
+    impl = backend_module(backend)
+    relu = check_bool(relu, "relu")
+    x, weight, bias = _check_conv(x, weight, bias)
+    sh, sw = pair(stride, "stride")
+    ph, pw = pair(pool_size, "pool_size")
+    geo = conv_geometry(x.shape[2], x.shape[3], weight.shape[2:], (sh, sw), padding)
+    _check_conv_budget(x.shape, weight.shape, (sh, sw), geo)
+    if ph > geo[2] or pw > geo[3]:
+        raise ValueError(f"pool_size {(ph, pw)} is larger than the convolution's output "
+                         f"{geo[2:]}")
+    y = impl.conv2d_pool_forward(x, weight, bias, sh, sw, *geo, relu, ph, pw)
+    return y.astype(x.dtype, copy=False)
+
+
 def conv2d_backward(
     x: np.ndarray,
     weight: np.ndarray,

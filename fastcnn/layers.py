@@ -136,6 +136,20 @@ class Conv2D(Layer):
             self._x, self._y, self._batch = x, y, len(x)
         return y
 
+    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray:
+        """Inference through this layer and the MaxPool2D after it, fused: the same
+        result as pool.forward(self.forward(x, False), False). The pool's windows must
+        not overlap (see `fuses_with`)."""
+        self._check_input(x)
+        return F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"], self.stride,
+                                   self.padding, pool.pool_size,
+                                   relu=self.activation == "relu", backend=self.backend)
+
+    def fuses_with(self, layer: Layer) -> bool:
+        """True if inference may run this layer and `layer` as one `forward_pooled`."""
+        return (isinstance(layer, MaxPool2D) and layer.stride == layer.pool_size
+                and layer.backend == self.backend and layer.input_shape == self.output_shape)
+
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
         self._check_dy(dy)

@@ -128,9 +128,23 @@ class Sequential:
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Logits for a prepared batch."""
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        """Logits for a prepared batch.
+
+        In inference a Conv2D followed by a MaxPool2D with non-overlapping windows runs
+        as one fused kernel (`Conv2D.forward_pooled`): the same values, without storing
+        the unpooled activations.
+        """
+        layers = self.layers
+        k = 0
+        while k < len(layers):
+            layer = layers[k]
+            if not training and isinstance(layer, Conv2D) and k + 1 < len(layers) \
+                    and layer.fuses_with(layers[k + 1]):
+                x = layer.forward_pooled(x, layers[k + 1])
+                k += 2
+            else:
+                x = layer.forward(x, training)
+                k += 1
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:

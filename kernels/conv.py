@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange, uint64
 
 from ._jit import jit
+from .pool import maxpool2d_forward
 
 # Samples per partial sum in the weight gradient: fixed, so that the reduction
 # order (and so every bit of the result) is the same for any thread count.
@@ -416,11 +417,56 @@ def _crop_rows(dst, src, left, Wp, relu):
                 d[r + w] = src[b + w]
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
-def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu):
-    """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU.
+@jit(inline="always")
+def _pool_rows(dst, src, Wp, relu, pool_h, pool_w):
+    """dst (PH, PW) = max over non-overlapping pool_h x pool_w windows of the rows of
+    pitch Wp in src, then ReLU if relu (max and ReLU commute). A NaN in a window wins.
 
-    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,). Returns y: (N, F, out_h, out_w).
+    As in pool.py, the fast pass only counts NaNs (testing for them in every comparison
+    is several times slower) and a plane that has one is pooled again NaN-aware. The
+    2x2 window is unrolled, with unsigned indices, so that the pass vectorises.
+    """
+    PH, PW = dst.shape
+    d = dst.reshape(-1)
+    nans = 0
+    if pool_h == 2 and pool_w == 2:
+        for i in range(uint64(PH)):
+            r0 = i * uint64(2 * Wp)
+            r1 = r0 + uint64(Wp)
+            o = i * uint64(PW)
+            for j in range(uint64(PW)):
+                c = j * uint64(2)
+                a0, a1, a2, a3 = src[r0 + c], src[r0 + c + uint64(1)], src[r1 + c], \
+                    src[r1 + c + uint64(1)]
+                nans += (a0 != a0) + (a1 != a1) + (a2 != a2) + (a3 != a3)
+                m0 = a0 if a0 > a1 else a1
+                m1 = a2 if a2 > a3 else a3
+                m = m0 if m0 > m1 else m1
+                d[o + j] = 0 if relu and m < 0 else m
+    else:
+        nans = 1  # other windows: the general loop below
+    if nans == 0:
+        return
+    for i in range(PH):
+        for j in range(PW):
+            base = i * pool_h * Wp + j * pool_w
+            best = src[base]
+            for a in range(pool_h):
+                for b in range(pool_w):
+                    v = src[base + a * Wp + b]
+                    if v > best or v != v:
+                        best = v
+            d[i * PW + j] = 0 if relu and best < 0 else best
+
+
+@jit(parallel=True, fastmath=_FASTMATH)
+def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
+                       pool_w):
+    """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU, then max-pooled
+    over non-overlapping pool_h x pool_w windows (1 x 1: no pooling).
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,).
+    Returns y: (N, F, out_h // pool_h, out_w // pool_w).
     One task per (sample, block of three filters): a batch of one still has work for two
     threads, and the three filters share every load of the input. Each task pads its
     sample into a buffer of its own (flat planes of pitch Wp), which stays in cache.
@@ -428,7 +474,8 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
-    y = np.empty((N, F, out_h, out_w), dtype=x.dtype)
+    pooled = pool_h > 1 or pool_w > 1
+    y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
     for n in prange(N):
         xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
         for c in range(C):
@@ -450,7 +497,10 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
                         for k in range(nf):
                             _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
             for k in range(nf):
-                _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
+                if pooled:
+                    _pool_rows(y[n, f0 + k], acc[k], Wp, relu, pool_h, pool_w)
+                else:
+                    _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
     return y
 
 
@@ -582,7 +632,27 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu)
+    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              1, 1)
+
+
+def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                        relu, pool_h, pool_w):
+    """conv2d_forward, then max-pooling over non-overlapping pool_h x pool_w windows
+    (floor): the inference path, which never stores the unpooled output.
+
+    Returns y: (N, F, out_h // pool_h, out_w // pool_w); the same values as
+    maxpool2d_forward(conv2d_forward(...), pool_h, pool_w, pool_h, pool_w)[0].
+    """
+    if stride_h != 1 or stride_w != 1:
+        y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
+                           out_w, relu)
+        return maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              pool_h, pool_w)
 
 
 def _flipped(weight):

@@ -201,6 +201,81 @@ def test_conv2d_fuzz(data):
         assert_close(y, expected, magnitude)
 
 
+@settings(max_examples=examples(80))
+@given(data=st.data())
+def test_conv2d_max_pool2d_fuzz(data):
+    n, c, f = (data.draw(st.integers(1, 3)) for _ in range(3))
+    h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
+    x, weight = random_array((n, c, h, w), dtype, seed), random_array((f, c, kh, kw), dtype, seed)
+    stride, padding, pool = data.draw(sizes()), data.draw(PADDINGS), data.draw(sizes())
+    relu, backend = data.draw(FLAGS), data.draw(BACKENDS)
+    hx, hw = data.draw(manglings()), data.draw(manglings())
+    args = (mangle(x, hx), mangle(weight, hw))
+    y, err = attempt(F.conv2d_max_pool2d, *args, None, stride, padding, pool, relu=relu,
+                     backend=backend)
+    plain, plain_err = attempt(F.conv2d_max_pool2d, x, weight, None, stride, padding, pool,
+                               relu=relu, backend="numpy")
+    if is_good(hx) and is_good(hw) and good_backend(backend):
+        assert (err is None) == (plain_err is None), (err, plain_err)
+    if y is None:
+        return
+    values = [np.array(a) for a in args]
+    conv = F.conv2d(*values, None, stride, padding, relu=relu, backend="numpy")
+    expected, _ = F.max_pool2d(conv, pool, backend="numpy")
+    assert y.dtype == values[0].dtype and y.shape == expected.shape
+    if all_finite(*values):
+        magnitude = F.conv2d(*(np.abs(a) for a in values), None, stride, padding,
+                             backend="numpy")
+        assert_close(y, expected, magnitude)
+
+
+@settings(max_examples=examples(80))
+@given(data=st.data())
+def test_dense_fuzz(data):
+    n, k, u = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 9)), data.draw(
+        st.integers(1, 7))
+    wk = k + data.draw(st.sampled_from([0] * 8 + [1]))  # sometimes mismatched features
+    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
+    x, weight = random_array((n, k), dtype, seed), random_array((wk, u), dtype, seed)
+    bias = data.draw(st.sampled_from([None, "good", "good", "long"]))
+    bias = None if bias is None else random_array((u + (bias == "long"),), dtype, seed)
+    relu, backend, need_input_grad = data.draw(FLAGS), data.draw(BACKENDS), data.draw(FLAGS)
+    hx, hw, hb, hd = (data.draw(manglings()) for _ in range(4))
+    args = (mangle(x, hx), mangle(weight, hw), None if bias is None else mangle(bias, hb))
+    y, err = attempt(F.dense, *args, relu=relu, backend=backend)
+    plain, plain_err = attempt(F.dense, x, weight, bias, relu=relu, backend="numpy")
+    good = is_good(hx) and is_good(hw) and (bias is None or is_good(hb)) and good_backend(backend)
+    if good:
+        assert (err is None) == (plain_err is None), (err, plain_err)
+    if y is None:
+        return
+    values = [None if a is None else np.array(a) for a in args]
+    expected = F.dense(*values, relu=relu, backend="numpy")
+    assert y.dtype == values[0].dtype and y.shape == expected.shape
+    if all_finite(*(a for a in values if a is not None)):
+        magnitude = F.dense(*(None if a is None else np.abs(a) for a in values), backend="numpy")
+        assert_close(y, expected, magnitude)
+    dy = random_array(y.shape, dtype, seed + 1)
+    mask = y if relu is True or relu == 1 else None
+    out, err = attempt(F.dense_backward, args[0], args[1], mangle(dy, hd), relu_output=mask,
+                       need_input_grad=need_input_grad, backend=backend)
+    if out is None:
+        return
+    dx, dw, db = out
+    ex, ew, eb = F.dense_backward(values[0], values[1], np.array(mangle(dy, hd)),
+                                  relu_output=mask, need_input_grad=need_input_grad,
+                                  backend="numpy")
+    assert (dx is None) == (ex is None) and dw.shape == ew.shape and db.shape == eb.shape
+    if all_finite(values[0], values[1], mangle(dy, hd)):
+        mag = F.dense_backward(np.abs(values[0]), np.abs(values[1]), np.abs(dy),
+                               backend="numpy")
+        for got, want, m in zip((dx, dw, db), (ex, ew, eb), mag, strict=True):
+            if want is not None:
+                assert_close(got, want, m)
+
+
 @settings(max_examples=examples(100))
 @given(data=st.data())
 def test_conv2d_backward_fuzz(data):

@@ -294,3 +294,28 @@ def test_fused_relu_keeps_nan():
     np.testing.assert_array_equal(np.isnan(yd), np.isnan(reference.dense_forward(
         xd, np.ones((5, 4)), np.zeros(4), True)))
     assert np.isnan(yd[3]).all() and (yd[np.arange(20) != 3] == 0).all()
+
+
+@given(conv_cases(), st.integers(1, 3), st.integers(1, 3), st.booleans(),
+       st.sampled_from(["normal", "ties", "nan"]))
+def test_conv2d_pool_forward_matches_oracles(case, ph, pw, relu, values):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None or ph > geo[2] or pw > geo[3]:
+        return
+    x, wt, b = make_conv(case)
+    if values == "ties":  # integer data: equal maxima in most windows
+        x, wt, b = np.round(x), np.round(wt), np.round(b)
+    elif values == "nan":
+        x.reshape(-1)[seed % x.size] = np.nan
+    y = kernels.conv2d_pool_forward(x, wt, b, sh, sw, *geo, relu, ph, pw)
+    for oracle in ORACLES:
+        expected = oracle.conv2d_pool_forward(x, wt, b, sh, sw, *geo, relu, ph, pw)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+        mag = reference.conv2d_forward(np.abs(x), np.abs(wt), np.abs(b), sh, sw, *geo, False)
+        finite = ~np.isnan(expected)
+        np.testing.assert_allclose(y[finite], expected[finite], rtol=RTOL,
+                                   atol=1e-6 * float(np.nanmax(mag, initial=1.0)))
+    # The same bits as the unfused kernels: the fused path only skips a store.
+    unfused = kernels.maxpool2d_forward(kernels.conv2d_forward(x, wt, b, sh, sw, *geo, relu),
+                                        ph, pw, ph, pw)[0]
+    np.testing.assert_array_equal(y, unfused)

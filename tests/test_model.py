@@ -186,3 +186,26 @@ def test_layers_refuse_wrong_dtype_and_bad_sizes():
         fc.Dense((3, 4))
     with pytest.raises(ValueError, match="kernel_initializer must be one of"):
         fc.Dense(3, kernel_initializer="zeros")
+
+
+def test_inference_fuses_conv_and_pool_with_the_same_bits():
+    import fastcnn as fc
+
+    model = fc.seed_arch(3)
+    x = np.random.default_rng(0).standard_normal((37, 1, 28, 28)).astype(np.float32)
+    x[5, 0, 10, 10] = np.nan  # one image's NaN stays in that image's row
+    unfused = x
+    for layer in model.layers:
+        unfused = layer.forward(unfused, training=False)
+    fused = model.forward(x)
+    np.testing.assert_array_equal(fused, unfused)
+    assert np.isnan(fused[5]).all() and not np.isnan(np.delete(fused, 5, axis=0)).any()
+    conv, pool = model.layers[1], model.layers[2]
+    assert conv.fuses_with(pool) and not model.layers[0].fuses_with(model.layers[1])
+    # Overlapping windows (stride < pool size) are not fused, and still agree.
+    overlapping = fc.Sequential([fc.Conv2D(4, 3, padding="same", activation="relu"),
+                                 fc.MaxPool2D(3, stride=1), fc.Flatten(), fc.Dense(3)],
+                                input_shape=(2, 9, 9), seed=1)
+    assert not overlapping.layers[0].fuses_with(overlapping.layers[1])
+    xo = np.random.default_rng(1).standard_normal((4, 2, 9, 9)).astype(np.float32)
+    np.testing.assert_array_equal(overlapping.forward(xo), overlapping.forward(xo, training=True))
