@@ -13,8 +13,8 @@ result never depends on the number of threads.
 import numpy as np
 from numba import prange, uint64
 
+from . import pool
 from ._jit import jit
-from .pool import maxpool2d_forward
 
 # Samples per partial sum in the weight gradient: fixed, so that the reduction
 # order (and so every bit of the result) is the same for any thread count.
@@ -647,7 +647,7 @@ def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, 
     if stride_h != 1 or stride_w != 1:
         y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
                            out_w, relu)
-        return maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
+        return pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
