@@ -119,11 +119,20 @@ class Optimizer:
         if not real or isinstance(lr, (bool, np.bool_)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"the learning rate at step {self.iterations} is {describe(lr)}; "
                              "it must be a finite number >= 0")
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            self._update(i, p, g.astype(p.dtype, copy=False), float(lr))
+        # One kernel call per dtype: the kernels take a tuple of same-dtype arrays.
+        for dtype in dict.fromkeys(p.dtype for p in params):
+            index = [i for i, p in enumerate(params) if p.dtype == dtype]
+            flat = tuple(params[i].reshape(-1) for i in index)
+            flat_grads = tuple(np.ascontiguousarray(grads[i], dtype=dtype).reshape(-1)
+                               for i in index)
+            self._update(index, [params[i] for i in index], flat, flat_grads, float(lr),
+                         dtype.type)
         self.iterations += 1
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+    def _update(self, index: list[int], params: list[np.ndarray], flat: tuple[np.ndarray, ...],
+                grads: tuple[np.ndarray, ...], lr: float, t: type) -> None:
+        """Update parameter index[k] (params[k], flat view flat[k]) from grads[k] in place;
+        t is their dtype's scalar type."""
         raise NotImplementedError
 
     def _slot(self, slots: dict[int, np.ndarray], i: int, p: np.ndarray,
@@ -199,11 +208,10 @@ class SGD(Optimizer):
     def _velocity_shape(self, p: np.ndarray) -> tuple[int, ...]:
         return p.shape if self.momentum else (0,)  # the kernel ignores it without momentum
 
-    def _update(self, i, p, g, lr):
-        v = self._slot(self.velocity, i, p, self._velocity_shape(p))
-        t = p.dtype.type
-        optim_kernels.sgd_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
-                                 v.reshape(-1), t(lr), t(self.momentum),
+    def _update(self, index, params, flat, grads, lr, t):
+        velocity = tuple(self._slot(self.velocity, i, p, self._velocity_shape(p)).reshape(-1)
+                         for i, p in zip(index, params, strict=True))
+        optim_kernels.sgd_update(flat, grads, velocity, t(lr), t(self.momentum),
                                  t(self.weight_decay), self.nesterov)
 
     def state(self):
@@ -226,15 +234,15 @@ class Adam(Optimizer):
         self.m: dict[int, np.ndarray] = {}
         self.v: dict[int, np.ndarray] = {}
 
-    def _update(self, i, p, g, lr):
-        m = self._slot(self.m, i, p, p.shape)
-        v = self._slot(self.v, i, p, p.shape)
+    def _update(self, index, params, flat, grads, lr, t):
+        m = tuple(self._slot(self.m, i, p, p.shape).reshape(-1)
+                  for i, p in zip(index, params, strict=True))
+        v = tuple(self._slot(self.v, i, p, p.shape).reshape(-1)
+                  for i, p in zip(index, params, strict=True))
         n = self.iterations + 1
         step = lr * math.sqrt(1 - self.beta2**n) / (1 - self.beta1**n)
-        t = p.dtype.type
-        optim_kernels.adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
-                                  m.reshape(-1), v.reshape(-1), t(step),
-                                  t(self.beta1), t(self.beta2), t(self.eps))
+        optim_kernels.adam_update(flat, grads, m, v, t(step), t(self.beta1), t(self.beta2),
+                                  t(self.eps))
 
     def state(self):
         return {**{f"m.{i}": a for i, a in self.m.items()},

@@ -61,3 +61,44 @@ def test_step_rejects_mismatched_gradients():
         fc.SGD(0.1).step([np.zeros(3)], [np.zeros(4)])
     with pytest.raises(ValueError, match="1 parameters but 2 gradients"):
         fc.SGD(0.1).step([np.zeros(3)], [np.zeros(3), np.zeros(3)])
+
+
+# Sizes around the kernels' 4096-element chunks, in float32 and float64 within one step.
+MANY = [((1,), np.float32), ((4096,), np.float64), ((4097,), np.float32), ((3, 5, 7), np.float64),
+        ((100, 123), np.float32), ((8191,), np.float32)]
+
+
+def test_sgd_updates_many_parameters_of_mixed_dtypes_in_one_step():
+    rng = np.random.default_rng(2)
+    p0 = [rng.standard_normal(shape) for shape, _ in MANY]
+    grads = [[rng.standard_normal(shape) for shape, _ in MANY] for _ in range(3)]
+    params = [p.astype(dtype) for p, (_, dtype) in zip(p0, MANY, strict=True)]
+    opt = fc.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    for step in grads:
+        opt.step(params, [g.astype(p.dtype) for g, p in zip(step, params, strict=True)])
+    for k, (p, (shape, dtype)) in enumerate(zip(params, MANY, strict=True)):
+        expected = reference_sgd(p0[k], [step[k] for step in grads], 0.1, 0.9, True, 1e-2)
+        rtol = 2e-5 if dtype == np.float32 else 1e-12
+        assert p.shape == shape and p.dtype == dtype
+        np.testing.assert_allclose(p, expected, rtol=rtol, atol=rtol)
+        assert opt.state()[f"velocity.{k}"].shape == shape
+
+
+def test_adam_updates_many_parameters_of_mixed_dtypes_in_one_step():
+    rng = np.random.default_rng(3)
+    p0 = [rng.standard_normal(shape) for shape, _ in MANY]
+    grads = [[rng.standard_normal(shape) for shape, _ in MANY] for _ in range(3)]
+    params = [p.astype(dtype) for p, (_, dtype) in zip(p0, MANY, strict=True)]
+    opt = fc.Adam(0.01)
+    for step in grads:
+        opt.step(params, [g.astype(p.dtype) for g, p in zip(step, params, strict=True)])
+    for k, (p, (shape, dtype)) in enumerate(zip(params, MANY, strict=True)):
+        m, v, q = np.zeros(shape), np.zeros(shape), p0[k].copy()
+        for t, step in enumerate(grads, start=1):
+            g = step[k]
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            q -= 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-8)
+        rtol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol * 0.1)
+        assert opt.state()[f"m.{k}"].shape == shape
