@@ -88,11 +88,16 @@ def maxpool2d_backward(dy, argmax, in_h, in_w):
     windows that share a maximum add up their gradients.
     """
     N, C, OH, OW = dy.shape
-    dx = np.zeros((N, C, in_h * in_w), dtype=dy.dtype)
+    dx = np.empty((N, C, in_h * in_w), dtype=dy.dtype)
     for p in prange(N * C):
         n = p // C
         c = p % C
+        # Each task zeroes its own plane: zeroing the batch on the calling thread first
+        # left half of it in the wrong core's cache.
+        plane = dx[n, c]
+        for q in range(in_h * in_w):
+            plane[q] = 0
         for i in range(OH):
             for j in range(OW):
-                dx[n, c, argmax[n, c, i, j]] += dy[n, c, i, j]
+                plane[argmax[n, c, i, j]] += dy[n, c, i, j]
     return dx.reshape((N, C, in_h, in_w))
