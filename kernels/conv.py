@@ -19,6 +19,8 @@ from ._jit import jit
 # Samples per partial sum in the weight gradient: fixed, so that the reduction
 # order (and so every bit of the result) is the same for any thread count.
 GRAD_CHUNK = 8
+# Samples per forward task: its padding and accumulator buffers are allocated once.
+FORWARD_CHUNK = 4
 
 _FASTMATH = {"reassoc", "contract"}
 
@@ -467,40 +469,41 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
 
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,).
     Returns y: (N, F, out_h // pool_h, out_w // pool_w).
-    One task per (sample, block of three filters): a batch of one still has work for two
-    threads, and the three filters share every load of the input. Each task pads its
-    sample into a buffer of its own (flat planes of pitch Wp), which stays in cache.
+    One task per FORWARD_CHUNK samples: it pads each sample once into buffers of its own
+    (flat planes of pitch Wp), allocated once per task, which stay in cache; three
+    filters share every load of the input.
     """
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
     pooled = pool_h > 1 or pool_w > 1
     y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
-    for n in prange(N):
+    for t in prange((N + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
         xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
-        for c in range(C):
-            _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
         acc = np.empty((3, L), dtype=x.dtype)
-        for f0 in range(0, F, 3):
-            nf = min(3, F - f0)
-            for k in range(nf):
-                b = bias[f0 + k]
-                for p in range(L):
-                    acc[k, p] = b
+        for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
             for c in range(C):
-                for ki in range(KH):
-                    src = xp[c, ki * Wp:]
-                    if nf == 3:
-                        _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
-                                   weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
+                _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
+            for f0 in range(0, F, 3):
+                nf = min(3, F - f0)
+                for k in range(nf):
+                    b = bias[f0 + k]
+                    for p in range(L):
+                        acc[k, p] = b
+                for c in range(C):
+                    for ki in range(KH):
+                        src = xp[c, ki * Wp:]
+                        if nf == 3:
+                            _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
+                                       weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
+                        else:
+                            for k in range(nf):
+                                _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
+                for k in range(nf):
+                    if pooled:
+                        _pool_rows(y[n, f0 + k], acc[k], Wp, relu, pool_h, pool_w)
                     else:
-                        for k in range(nf):
-                            _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
-            for k in range(nf):
-                if pooled:
-                    _pool_rows(y[n, f0 + k], acc[k], Wp, relu, pool_h, pool_w)
-                else:
-                    _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
+                        _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
     return y
 
 
