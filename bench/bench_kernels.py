@@ -3,7 +3,8 @@
 (loops, on a smaller batch). One group per operation; compare `per_sample_us`.
 
 conv1: 1 -> 6 channels, conv2: 6 -> 6, both 5x5 'same' on 28x28; pool: 2x2 on 6x28x28;
-dense1: 1176 -> 100 with ReLU. Only conv2 needs an input gradient: training skips it for
+dense1: 1176 -> 100 with ReLU. `conv2-forward-relu-pool` is the fused conv + ReLU + 2x2
+max-pool that inference runs. Only conv2 needs an input gradient: training skips it for
 the first layer. `*-backward-fused` is `conv2d_backward` (`dense_backward`), what training
 calls: ReLU mask, weight and bias gradients, and the input gradient, in one pass.
 """
@@ -21,6 +22,7 @@ BATCHES = (64, 256)
 NAIVE_BATCH = 2
 FAST_BATCH, FAST_NAIVE_BATCH = 8, 1
 OPS = ("conv1-forward", "conv1-forward-relu", "conv2-forward", "conv2-forward-relu",
+       "conv2-forward-relu-pool",
        "conv2-backward-input", "conv1-backward-weight", "conv2-backward-weight",
        "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward",
        "dense1-forward-relu", "dense1-backward-fused")
@@ -60,6 +62,9 @@ def make_case(op: str, batch: int):
     w = normal(6, cin, 5, 5, scale=0.2)
     dy = normal(batch, 6, 28, 28)
     full = (batch, 6, 28, 28)
+    if op == "conv2-forward-relu-pool":
+        args = (x, w, normal(6), 1, 1, pt, pl, oh, ow, True, 2, 2)
+        return "conv2d_pool_forward", args, [(batch, 6, 14, 14)]
     if op.endswith(("forward", "forward-relu")) and op.startswith("conv"):
         args = (x, w, normal(6), 1, 1, pt, pl, oh, ow, op.endswith("relu"))
         return "conv2d_forward", args, [full]
