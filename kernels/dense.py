@@ -132,43 +132,6 @@ def _dense_forward(x, weight, bias, relu):
     return y
 
 
-@jit(inline="always", fastmath=_FASTMATH)
-def _cols3(acc, a, j0, B):
-    """acc[r, p] = sum_t a[t, j_r] * B[t, p] for the columns j_r = j0, j0 + 1, j0 + 2 of a
-    (clamped to its last column): _rows3 with a read transposed, so that x.T @ g needs
-    no transposed copy of x. acc: (3, P); a: (T, M); B: (T, P).
-    """
-    T, M = a.shape
-    P = B.shape[1]
-    c0, c1, c2 = acc[0], acc[1], acc[2]
-    r0, r1, r2 = min(j0, M - 1), min(j0 + 1, M - 1), min(j0 + 2, M - 1)
-    for p in range(P):
-        c0[p] = 0
-        c1[p] = 0
-        c2[p] = 0
-    t = 0
-    while t + 5 <= T:
-        u0, u1, u2, u3, u4 = a[t, r0], a[t + 1, r0], a[t + 2, r0], a[t + 3, r0], a[t + 4, r0]
-        v0, v1, v2, v3, v4 = a[t, r1], a[t + 1, r1], a[t + 2, r1], a[t + 3, r1], a[t + 4, r1]
-        z0, z1, z2, z3, z4 = a[t, r2], a[t + 1, r2], a[t + 2, r2], a[t + 3, r2], a[t + 4, r2]
-        s0, s1, s2, s3, s4 = B[t], B[t + 1], B[t + 2], B[t + 3], B[t + 4]
-        for p in range(P):
-            x0, x1, x2, x3, x4 = s0[p], s1[p], s2[p], s3[p], s4[p]
-            c0[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3 + u4 * x4
-            c1[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3 + v4 * x4
-            c2[p] += z0 * x0 + z1 * x1 + z2 * x2 + z3 * x3 + z4 * x4
-        t += 5
-    while t < T:
-        u0, v0, z0 = a[t, r0], a[t, r1], a[t, r2]
-        s0 = B[t]
-        for p in range(P):
-            x0 = s0[p]
-            c0[p] += u0 * x0
-            c1[p] += v0 * x0
-            c2[p] += z0 * x0
-        t += 1
-
-
 @jit(parallel=True, fastmath=_FASTMATH)
 def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     N, K = x.shape
@@ -183,11 +146,13 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
             v = dy[n, u] if not use_mask or mask[n, u] > 0 else 0
             g[n, u] = v
             db[u] += v
-    # dw = x.T @ g: three rows of dw per task, samples as taps.
+    # dw = x.T @ g: three rows of dw per task, samples as taps. x.T is a view (read
+    # with x's strides), so no transposed copy of x is made.
     dw = np.empty((K, U), dtype=dy.dtype)
+    xt = x.T
     for t in prange((K + 2) // 3):
         acc = np.empty((3, Up), dtype=dy.dtype)
-        _cols3(acc, x, 3 * t, g)
+        _rows3(acc, xt, 3 * t, g)
         for r in range(min(3, K - 3 * t)):
             for u in range(U):
                 dw[3 * t + r, u] = acc[r, u]
