@@ -153,20 +153,24 @@ def _check_conv_budget(x_shape, weight_shape, stride, geo) -> None:
     _check_budget((N, max(C, F), hp, wp), "the padded input")
 
 
-def _check_conv(x, weight, bias):
-    x = check_array(x, "x", 4)
-    weight = check_array(weight, "weight", 4, x.dtype)
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"weight expects {weight.shape[1]} input channels, x has {x.shape[1]} "
-            f"(x shape {x.shape}, weight shape {weight.shape})"
-        )
+def _check_layer_arrays(x, weight, bias, ndim, in_axis, out_axis, inputs):
+    """x, weight and bias (None: zeros) checked against each other: weight's axis
+    `in_axis` must match x's axis 1 (its `inputs`), its axis `out_axis` sizes bias."""
+    x = check_array(x, "x", ndim)
+    weight = check_array(weight, "weight", ndim, x.dtype)
+    if weight.shape[in_axis] != x.shape[1]:
+        raise ValueError(f"weight expects {weight.shape[in_axis]} {inputs}, x has {x.shape[1]} "
+                         f"(x shape {x.shape}, weight shape {weight.shape})")
     if bias is None:
-        bias = np.zeros(weight.shape[0], dtype=x.dtype)
+        bias = np.zeros(weight.shape[out_axis], dtype=x.dtype)
     bias = check_array(bias, "bias", 1, x.dtype)
-    if bias.shape[0] != weight.shape[0]:
-        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if bias.shape[0] != weight.shape[out_axis]:
+        raise ValueError(f"bias must have shape ({weight.shape[out_axis]},), got {bias.shape}")
     return x, weight, bias
+
+
+def _check_conv(x, weight, bias):
+    return _check_layer_arrays(x, weight, bias, 4, 1, 0, "input channels")
 
 
 def conv2d(
@@ -310,17 +314,7 @@ def max_pool2d_backward(
 
 
 def _check_dense(x, weight, bias):
-    x = check_array(x, "x", 2)
-    weight = check_array(weight, "weight", 2, x.dtype)
-    if weight.shape[0] != x.shape[1]:
-        raise ValueError(f"weight expects {weight.shape[0]} input features, x has {x.shape[1]} "
-                         f"(x shape {x.shape}, weight shape {weight.shape})")
-    if bias is None:
-        bias = np.zeros(weight.shape[1], dtype=x.dtype)
-    bias = check_array(bias, "bias", 1, x.dtype)
-    if bias.shape[0] != weight.shape[1]:
-        raise ValueError(f"bias must have shape ({weight.shape[1]},), got {bias.shape}")
-    return x, weight, bias
+    return _check_layer_arrays(x, weight, bias, 2, 0, 1, "input features")
 
 
 def dense(
