@@ -166,16 +166,23 @@ def all_finite(*arrays) -> bool:
     return all(np.all(np.isfinite(np.asarray(a))) for a in arrays)
 
 
+def draw_conv(data, sizes=(1, 8), kernels=(1, 4), mismatch=False):
+    """Random x (N, C, H, W) and weight (F, C, KH, KW) of one float dtype, and the seed.
+    With mismatch, weight sometimes has one input channel too many."""
+    n, c, f = (data.draw(st.integers(1, 3)) for _ in range(3))
+    h, w = data.draw(st.integers(*sizes)), data.draw(st.integers(*sizes))
+    kh, kw = data.draw(st.integers(*kernels)), data.draw(st.integers(*kernels))
+    wc = c + (data.draw(st.sampled_from([0] * 8 + [1])) if mismatch else 0)
+    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
+    return random_array((n, c, h, w), dtype, seed), random_array((f, wc, kh, kw), dtype, seed), seed
+
+
 # -- fastcnn.functional -------------------------------------------------------------------
 @settings(max_examples=examples(150))
 @given(data=st.data())
 def test_conv2d_fuzz(data):
-    n, c, f = (data.draw(st.integers(1, 3)) for _ in range(3))
-    h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))
-    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    wc = c + data.draw(st.sampled_from([0] * 8 + [1]))  # sometimes mismatched channels
-    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
-    x, weight = random_array((n, c, h, w), dtype, seed), random_array((f, wc, kh, kw), dtype, seed)
+    x, weight, seed = draw_conv(data, mismatch=True)
+    f, dtype = weight.shape[0], x.dtype
     bias = data.draw(st.sampled_from([None, "good", "good", "long"]))
     bias = None if bias is None else random_array((f + (bias == "long"),), dtype, seed)
     stride, padding = data.draw(sizes()), data.draw(PADDINGS)
@@ -204,11 +211,7 @@ def test_conv2d_fuzz(data):
 @settings(max_examples=examples(80))
 @given(data=st.data())
 def test_conv2d_max_pool2d_fuzz(data):
-    n, c, f = (data.draw(st.integers(1, 3)) for _ in range(3))
-    h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))
-    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
-    x, weight = random_array((n, c, h, w), dtype, seed), random_array((f, c, kh, kw), dtype, seed)
+    x, weight, _ = draw_conv(data)
     stride, padding, pool = data.draw(sizes()), data.draw(PADDINGS), data.draw(sizes())
     relu, backend = data.draw(FLAGS), data.draw(BACKENDS)
     hx, hw = data.draw(manglings()), data.draw(manglings())
@@ -279,13 +282,10 @@ def test_dense_fuzz(data):
 @settings(max_examples=examples(100))
 @given(data=st.data())
 def test_conv2d_backward_fuzz(data):
-    n, c, f = (data.draw(st.integers(1, 3)) for _ in range(3))
-    h, w = data.draw(st.integers(2, 8)), data.draw(st.integers(2, 8))
-    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
-    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
+    x, weight, seed = draw_conv(data, sizes=(2, 8), kernels=(1, 3))
+    (n, _, _, _), f, dtype = x.shape, weight.shape[0], x.dtype
     stride = data.draw(st.one_of(st.integers(1, 2), st.sampled_from(BAD_SIZES)))
     padding = data.draw(PADDINGS)
-    x, weight = random_array((n, c, h, w), dtype, seed), random_array((f, c, kh, kw), dtype, seed)
     y, _ = attempt(F.conv2d, x, weight, None, stride, padding, relu=True)
     dy_shape = (n, f, 2, 2) if y is None else y.shape
     # Sometimes one axis of dy is off by one.
