@@ -122,7 +122,9 @@ class Optimizer:
         # One kernel call per dtype: the kernels take a tuple of same-dtype arrays.
         for dtype in dict.fromkeys(p.dtype for p in params):
             index = [i for i, p in enumerate(params) if p.dtype == dtype]
-            flat = tuple(params[i].reshape(-1) for i in index)
+            # Plain-ndarray views of the same memory: Numba refuses subclasses such as
+            # np.ma.MaskedArray, and a copy would lose the update.
+            flat = tuple(np.asarray(params[i]).reshape(-1) for i in index)
             flat_grads = tuple(np.ascontiguousarray(grads[i], dtype=dtype).reshape(-1)
                                for i in index)
             self._update(index, [params[i] for i in index], flat, flat_grads, float(lr),

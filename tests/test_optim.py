@@ -102,3 +102,17 @@ def test_adam_updates_many_parameters_of_mixed_dtypes_in_one_step():
         rtol = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol * 0.1)
         assert opt.state()[f"m.{k}"].shape == shape
+
+
+@pytest.mark.parametrize("make", [fc.SGD, fc.Adam])
+def test_step_updates_ndarray_subclasses_in_place(make):
+    """A masked array is still an ndarray: it is updated in place like a plain one (found
+    by tests/test_fuzz.py, where Numba refused the subclass with a NumbaTypeError)."""
+    rng = np.random.default_rng(4)
+    plain = [rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(4)]
+    masked = [np.ma.masked_array(p.copy()) for p in plain]
+    grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in plain]
+    make(0.1).step(plain, grads)
+    make(0.1).step(masked, grads)
+    for p, m in zip(plain, masked, strict=True):
+        np.testing.assert_array_equal(np.asarray(m), p)
