@@ -194,6 +194,18 @@ def conv2d(
     return y.astype(x.dtype, copy=False)
 
 
+def _check_output_grad(dy, relu_output, expected, dtype):
+    """dy, and relu_output (None when there is no fused ReLU), both of shape `expected`."""
+    dy = check_array(dy, "dy", len(expected), dtype)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    if relu_output is not None:
+        relu_output = check_array(relu_output, "relu_output", len(expected), dtype)
+        if relu_output.shape != expected:
+            raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
+    return dy, relu_output
+
+
 def conv2d_max_pool2d(
     x: np.ndarray,
     weight: np.ndarray,
@@ -246,18 +258,10 @@ def conv2d_backward(
     KH, KW = weight.shape[2:]
     pad_top, pad_left, out_h, out_w = conv_geometry(H, W, (KH, KW), (sh, sw), padding)
     _check_conv_budget(x.shape, weight.shape, (sh, sw), (pad_top, pad_left, out_h, out_w))
-    dy = check_array(dy, "dy", 4, x.dtype)
-    expected = (N, weight.shape[0], out_h, out_w)
-    if dy.shape != expected:
-        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
-    relu = relu_output is not None
-    if relu:
-        relu_output = check_array(relu_output, "relu_output", 4, x.dtype)
-        if relu_output.shape != expected:
-            raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
+    dy, mask = _check_output_grad(dy, relu_output, (N, weight.shape[0], out_h, out_w), x.dtype)
     dx, dw, db = impl.conv2d_backward(
-        x, weight, dy, relu_output if relu else dy, relu, sh, sw, pad_top, pad_left,
-        need_input_grad)
+        x, weight, dy, dy if mask is None else mask, mask is not None, sh, sw, pad_top,
+        pad_left, need_input_grad)
     if dx is not None:
         dx = dx.astype(x.dtype, copy=False)
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
@@ -350,17 +354,9 @@ def dense_backward(
     impl = backend_module(backend)
     need_input_grad = check_bool(need_input_grad, "need_input_grad")
     x, weight, _ = _check_dense(x, weight, None)
-    dy = check_array(dy, "dy", 2, x.dtype)
-    expected = (x.shape[0], weight.shape[1])
-    if dy.shape != expected:
-        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
-    relu = relu_output is not None
-    if relu:
-        relu_output = check_array(relu_output, "relu_output", 2, x.dtype)
-        if relu_output.shape != expected:
-            raise ValueError(f"relu_output must have shape {expected}, got {relu_output.shape}")
-    dx, dw, db = impl.dense_backward(x, weight, dy, relu_output if relu else dy, relu,
-                                     need_input_grad)
+    dy, mask = _check_output_grad(dy, relu_output, (x.shape[0], weight.shape[1]), x.dtype)
+    dx, dw, db = impl.dense_backward(x, weight, dy, dy if mask is None else mask,
+                                     mask is not None, need_input_grad)
     if dx is not None:
         dx = dx.astype(x.dtype, copy=False)
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
