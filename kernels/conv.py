@@ -584,12 +584,7 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, weight_flipped, in_h, in_w, pad_t
                                     _add_taps(acc[j], src, weight_flipped[f, c0 + j, ki], Lin)
                     for j in range(nc):
                         _crop_rows(dx[n, c0 + j], acc[j], pad_left, Wp, False)
-    dw_out = dw_parts[0].copy()
-    db_out = db_parts[0].copy()
-    for k in range(1, chunks):
-        dw_out += dw_parts[k]
-        db_out += db_parts[k]
-    return dx, dw_out, db_out
+    return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
 
 
 @jit(parallel=True)
@@ -668,7 +663,9 @@ def _backward_s1(x, weight, dy, mask, relu, in_h, in_w, pad_top, pad_left, weigh
     _, _, OH, OW = dy.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(in_h, in_w, OH, OW, KH, KW, pad_top, pad_left)
-    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, _flipped(weight), in_h, in_w, pad_top,
+    # Only the input gradient reads the (flipped) weight; otherwise just its shape.
+    flipped = _flipped(weight) if input_grad else weight
+    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, flipped, in_h, in_w, pad_top,
                                      pad_left, Hp, Wp, weight_grad, input_grad)
     return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
