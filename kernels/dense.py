@@ -6,8 +6,10 @@ Python layer (`fastcnn.functional`) checks shapes and dtypes before calling.
 fastcnn pins BLAS to one thread so that it does not fight Numba's workers for the
 cores; these kernels give the products to those workers instead. Every output belongs
 to one task and is summed in a fixed order, so no result depends on the thread count.
-Long rows carry the vector loops: the forward pass takes dot products along K, and the
-gradients sweep rows of length K (of weight transposed, and of x).
+Long rows carry the vector loops: the forward pass takes dot products along K; the
+input gradient sweeps rows of weight transposed (length K), and the weight gradient rows
+of dy (padded to a multiple of 16) with the samples as taps. Below _SMALL_BATCH samples
+both passes read the weight in place instead of transposing it.
 """
 
 import numpy as np
