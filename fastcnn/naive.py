@@ -8,7 +8,7 @@ serve as the slow baseline in the benchmarks.
 
 import numpy as np
 
-from .reference import _padded, fused_backward
+from .reference import _padded, fused_backward, pooled_forward
 
 
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
@@ -111,8 +111,4 @@ def dense_backward(x, weight, dy, y, relu, input_grad):
 conv2d_backward = fused_backward(conv2d_backward_input, conv2d_backward_weight)
 
 
-def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
-                        relu, pool_h, pool_w):
-    y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
-                       relu)
-    return maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
+conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)

@@ -111,8 +111,16 @@ def fused_backward(backward_input, backward_weight):
 conv2d_backward = fused_backward(conv2d_backward_input, conv2d_backward_weight)
 
 
-def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
-                        relu, pool_h, pool_w):
-    y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
-                       relu)
-    return maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
+def pooled_forward(conv_forward, pool_forward):
+    """The conv2d_pool_forward of a module, composed from its conv and pool forwards."""
+
+    def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
+                            out_w, relu, pool_h, pool_w):
+        y = conv_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                         relu)
+        return pool_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
+
+    return conv2d_pool_forward
+
+
+conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
