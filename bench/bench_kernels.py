@@ -4,9 +4,11 @@
 
 conv1: 1 -> 6 channels, conv2: 6 -> 6, both 5x5 'same' on 28x28; pool: 2x2 on 6x28x28;
 dense1: 1176 -> 100 with ReLU. `conv2-forward-relu-pool` is the fused conv + ReLU + 2x2
-max-pool that inference runs. Only conv2 needs an input gradient: training skips it for
-the first layer. `*-backward-fused` is `conv2d_backward` (`dense_backward`), what training
-calls: ReLU mask, weight and bias gradients, and the input gradient, in one pass.
+max-pool that inference runs; `conv2-forward-relu-pool-indices` the same with the indices
+of the maxima, as training runs it, and `conv2-backward-pooled` its backward pass
+(`conv2d_pool_backward`). Only conv2 needs an input gradient: training skips it for the
+first layer. `*-backward-fused` is `conv2d_backward` (`dense_backward`), what training
+calls for conv1: ReLU mask, weight and bias gradients, and the input gradient, in one pass.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ BATCHES = (64, 256)
 NAIVE_BATCH = 2
 FAST_BATCH, FAST_NAIVE_BATCH = 8, 1
 OPS = ("conv1-forward", "conv1-forward-relu", "conv2-forward", "conv2-forward-relu",
-       "conv2-forward-relu-pool",
+       "conv2-forward-relu-pool", "conv2-forward-relu-pool-indices", "conv2-backward-pooled",
        "conv2-backward-input", "conv1-backward-weight", "conv2-backward-weight",
        "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward",
        "dense1-forward-relu", "dense1-backward-fused")
@@ -62,9 +64,18 @@ def make_case(op: str, batch: int):
     w = normal(6, cin, 5, 5, scale=0.2)
     dy = normal(batch, 6, 28, 28)
     full = (batch, 6, 28, 28)
-    if op == "conv2-forward-relu-pool":
+    half = (batch, 6, 14, 14)
+    if op.startswith("conv2-forward-relu-pool"):
         args = (x, w, normal(6), 1, 1, pt, pl, oh, ow, True, 2, 2)
-        return "conv2d_pool_forward", args, [(batch, 6, 14, 14)]
+        if op.endswith("indices"):
+            return "conv2d_pool_forward_with_indices", args, [half, half]
+        return "conv2d_pool_forward", args, [half]
+    if op == "conv2-backward-pooled":
+        y, window = reference.conv2d_pool_forward_with_indices(
+            x, w, normal(6), 1, 1, pt, pl, oh, ow, True, 2, 2)
+        args = (x, w, normal(*half), y.astype(np.float32), window, True, 1, 1, pt, pl, oh, ow,
+                2, 2, True)
+        return "conv2d_pool_backward", args, [full, (6, cin, 5, 5), (6,)]
     if op.endswith(("forward", "forward-relu")) and op.startswith("conv"):
         args = (x, w, normal(6), 1, 1, pt, pl, oh, ow, op.endswith("relu"))
         return "conv2d_forward", args, [full]
@@ -78,7 +89,6 @@ def make_case(op: str, batch: int):
     if op.endswith("backward-weight"):
         return ("conv2d_backward_weight", (x, dy, 5, 5, 1, 1, pt, pl),
                 [(6, cin, 5, 5), (6,)])
-    half = (batch, 6, 14, 14)
     if op == "pool-forward":
         return "maxpool2d_forward", (x, 2, 2, 2, 2), [half, half]
     _, argmax = reference.maxpool2d_forward(x, 2, 2, 2, 2)

@@ -206,6 +206,23 @@ def _check_output_grad(dy, relu_output, expected, dtype):
     return dy, relu_output
 
 
+# Window indices are stored as uint8.
+MAX_POOL_WINDOW = 256
+
+
+def _pooled_geometry(x, weight, stride, padding, pool_size):
+    """((sh, sw), (ph, pw), conv geometry) of a convolution followed by a max-pool with
+    non-overlapping windows, checked."""
+    sh, sw = pair(stride, "stride")
+    ph, pw = pair(pool_size, "pool_size")
+    geo = conv_geometry(x.shape[2], x.shape[3], weight.shape[2:], (sh, sw), padding)
+    _check_conv_budget(x.shape, weight.shape, (sh, sw), geo)
+    if ph > geo[2] or pw > geo[3]:
+        raise ValueError(f"pool_size {(ph, pw)} is larger than the convolution's output "
+                         f"{geo[2:]}")
+    return (sh, sw), (ph, pw), geo
+
+
 def conv2d_max_pool2d(
     x: np.ndarray,
     weight: np.ndarray,
@@ -215,23 +232,76 @@ def conv2d_max_pool2d(
     pool_size: int | tuple[int, int] = 2,
     *,
     relu: bool = False,
+    return_indices: bool = False,
     backend: str = "numba",
-) -> np.ndarray:
-    """max_pool2d(conv2d(...), pool_size) in one pass, for inference: the same values,
-    without storing the unpooled output (or the argmax a backward pass would need).
-    The pool windows do not overlap (stride = pool size)."""
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """max_pool2d(conv2d(...), pool_size) in one pass: the same values, without storing
+    the unpooled output. The pool windows do not overlap (stride = pool size).
+
+    With ``return_indices`` it returns (y, indices) for `conv2d_max_pool2d_backward`:
+    indices (uint8, y's shape) holds a * pool_w + b, the offset of each window's first
+    maximum inside the window; pool_h * pool_w must then be at most 256.
+    """
     impl = backend_module(backend)
     relu = check_bool(relu, "relu")
+    return_indices = check_bool(return_indices, "return_indices")
     x, weight, bias = _check_conv(x, weight, bias)
-    sh, sw = pair(stride, "stride")
-    ph, pw = pair(pool_size, "pool_size")
-    geo = conv_geometry(x.shape[2], x.shape[3], weight.shape[2:], (sh, sw), padding)
-    _check_conv_budget(x.shape, weight.shape, (sh, sw), geo)
-    if ph > geo[2] or pw > geo[3]:
-        raise ValueError(f"pool_size {(ph, pw)} is larger than the convolution's output "
-                         f"{geo[2:]}")
-    y = impl.conv2d_pool_forward(x, weight, bias, sh, sw, *geo, relu, ph, pw)
-    return y.astype(x.dtype, copy=False)
+    (sh, sw), (ph, pw), geo = _pooled_geometry(x, weight, stride, padding, pool_size)
+    if not return_indices:
+        y = impl.conv2d_pool_forward(x, weight, bias, sh, sw, *geo, relu, ph, pw)
+        return y.astype(x.dtype, copy=False)
+    if ph * pw > MAX_POOL_WINDOW:
+        raise ValueError(f"return_indices needs pool windows of at most {MAX_POOL_WINDOW} "
+                         f"elements, got pool_size {(ph, pw)}")
+    y, indices = impl.conv2d_pool_forward_with_indices(x, weight, bias, sh, sw, *geo, relu,
+                                                       ph, pw)
+    return y.astype(x.dtype, copy=False), indices
+
+
+def conv2d_max_pool2d_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dy: np.ndarray,
+    indices: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = "valid",
+    pool_size: int | tuple[int, int] = 2,
+    *,
+    relu_output: np.ndarray | None = None,
+    need_input_grad: bool = True,
+    backend: str = "numba",
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx, dweight, dbias) of `conv2d_max_pool2d`, given the gradient dy of its pooled
+    output and the indices it returned.
+
+    Pass ``relu_output`` (the pooled output of ``conv2d_max_pool2d(..., relu=True)``) to
+    backpropagate through the fused ReLU as well; dx is None when not
+    ``need_input_grad``.
+    """
+    impl = backend_module(backend)
+    need_input_grad = check_bool(need_input_grad, "need_input_grad")
+    x, weight, _ = _check_conv(x, weight, None)
+    (sh, sw), (ph, pw), geo = _pooled_geometry(x, weight, stride, padding, pool_size)
+    pad_top, pad_left, out_h, out_w = geo
+    pooled_shape = (x.shape[0], weight.shape[0], out_h // ph, out_w // pw)
+    dy, mask = _check_output_grad(dy, relu_output, pooled_shape, x.dtype)
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.uint8:
+        raise TypeError(f"indices must be the uint8 array returned by conv2d_max_pool2d, "
+                        f"got {describe(indices)}")
+    if indices.shape != pooled_shape:
+        raise ValueError(f"indices must have shape {pooled_shape}, got {indices.shape}")
+    # The kernel writes each gradient at its index inside the window: a larger index
+    # would write outside it.
+    if int(indices.max()) >= ph * pw:
+        raise ValueError(f"indices hold offsets outside the {ph}x{pw} pool window")
+    if not indices.flags.writeable or not indices.flags.c_contiguous:
+        indices = np.array(indices, order="C")
+    dx, dw, db = impl.conv2d_pool_backward(
+        x, weight, dy, dy if mask is None else mask, indices, mask is not None, sh, sw,
+        pad_top, pad_left, out_h, out_w, ph, pw, need_input_grad)
+    if dx is not None:
+        dx = dx.astype(x.dtype, copy=False)
+    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
 
 
 def conv2d_backward(

@@ -108,7 +108,9 @@ class Conv2D(Layer):
         self.padding = padding
         self.activation = _activation(activation)
         self.kernel_initializer = _initializer(kernel_initializer)
-        self._x = self._y = None
+        # What backward needs: the input, and the output (unfused) or, after a fused
+        # training pass, (pool, pooled output, indices).
+        self._x = self._y = self._pooled = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -133,30 +135,60 @@ class Conv2D(Layer):
         y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride, self.padding,
                      relu=self.activation == "relu", backend=self.backend)
         if training:
-            self._x, self._y, self._batch = x, y, len(x)
+            self._x, self._y, self._pooled, self._batch = x, y, None, len(x)
         return y
 
-    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray:
-        """Inference through this layer and the MaxPool2D after it, fused: the same
-        result as pool.forward(self.forward(x, False), False). The pool's windows must
-        not overlap (see `fuses_with`)."""
+    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D, training: bool = False) -> np.ndarray:
+        """This layer and the MaxPool2D after it, fused: the same result as
+        pool.forward(self.forward(x, training), training), without storing the unpooled
+        output. The pool's windows must not overlap (see `fuses_with`). After a training
+        pass, `backward_pooled` (not `backward`) takes the gradient of the pooled output.
+        """
         self._check_input(x)
-        return F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"], self.stride,
-                                   self.padding, pool.pool_size,
-                                   relu=self.activation == "relu", backend=self.backend)
+        relu = self.activation == "relu"
+        if not training:
+            return F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"],
+                                       self.stride, self.padding, pool.pool_size, relu=relu,
+                                       backend=self.backend)
+        y, indices = F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"],
+                                         self.stride, self.padding, pool.pool_size, relu=relu,
+                                         return_indices=True, backend=self.backend)
+        self._x, self._y, self._pooled, self._batch = x, None, (pool, y, indices), len(x)
+        # The pool's own backward has nothing to run on; backward_pooled stands in for it.
+        pool._argmax, pool._batch = None, len(x)
+        return y
 
-    def fuses_with(self, layer: Layer) -> bool:
-        """True if inference may run this layer and `layer` as one `forward_pooled`."""
+    def fuses_with(self, layer: Layer, training: bool = False) -> bool:
+        """True if this layer and `layer` may run as one `forward_pooled`: a MaxPool2D
+        with non-overlapping windows (of at most 256 elements, for training)."""
         return (isinstance(layer, MaxPool2D) and layer.stride == layer.pool_size
-                and layer.backend == self.backend and layer.input_shape == self.output_shape)
+                and layer.backend == self.backend and layer.input_shape == self.output_shape
+                and (not training
+                     or layer.pool_size[0] * layer.pool_size[1] <= F.MAX_POOL_WINDOW))
 
     def backward(self, dy, need_input_grad=True):
-        self._need_forward(self._x)
+        if self._pooled is not None:
+            raise RuntimeError("Conv2D ran fused with the MaxPool2D after it in the last "
+                               "training pass: call backward_pooled with the pool's gradient")
+        self._need_forward(self._y)
         self._check_dy(dy)
         relu_output = self._y if self.activation == "relu" else None
         dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
                                        self.padding, relu_output=relu_output,
                                        need_input_grad=need_input_grad, backend=self.backend)
+        self.grads = {"weight": dw, "bias": db}
+        return dx
+
+    def backward_pooled(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """`backward` through the MaxPool2D fused in the last `forward_pooled(training=True)`:
+        dy is the gradient of the pooled output."""
+        self._need_forward(self._pooled)
+        pool, y, indices = self._pooled
+        pool._check_dy(dy)
+        dx, dw, db = F.conv2d_max_pool2d_backward(
+            self._x, self.params["weight"], dy, indices, self.stride, self.padding,
+            pool.pool_size, relu_output=y if self.activation == "relu" else None,
+            need_input_grad=need_input_grad, backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -248,7 +280,9 @@ class Dense(Layer):
         self.units = F.check_int(units, "units", 1)
         self.activation = _activation(activation)
         self.kernel_initializer = _initializer(kernel_initializer)
-        self._x = self._y = None
+        # What backward needs: the input, and the output (unfused) or, after a fused
+        # training pass, (pool, pooled output, indices).
+        self._x = self._y = self._pooled = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:

@@ -108,6 +108,8 @@ class Sequential:
             shape = layer.build(shape, rng, self.dtype)
         self.output_shape = shape
         self.loss = SoftmaxCrossEntropy()
+        # Layers that ran fused with the next one in the last training pass.
+        self._fused: frozenset[int] = frozenset()
 
     # -- core passes -------------------------------------------------------------------
     def prepare(self, x: np.ndarray) -> np.ndarray:
@@ -130,28 +132,38 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Logits for a prepared batch.
 
-        In inference a Conv2D followed by a MaxPool2D with non-overlapping windows runs
-        as one fused kernel (`Conv2D.forward_pooled`): the same values, without storing
-        the unpooled activations.
+        A Conv2D followed by a MaxPool2D with non-overlapping windows runs as one fused
+        kernel (`Conv2D.forward_pooled`): the same values, without storing the unpooled
+        activations; in training, `backward` then runs the pair's fused backward pass.
         """
         layers = self.layers
+        fused = []
         k = 0
         while k < len(layers):
             layer = layers[k]
-            if not training and isinstance(layer, Conv2D) and k + 1 < len(layers) \
-                    and layer.fuses_with(layers[k + 1]):
-                x = layer.forward_pooled(x, layers[k + 1])
+            if isinstance(layer, Conv2D) and k + 1 < len(layers) \
+                    and layer.fuses_with(layers[k + 1], training):
+                x = layer.forward_pooled(x, layers[k + 1], training)
+                fused.append(k)
                 k += 2
             else:
                 x = layer.forward(x, training)
                 k += 1
+        if training:
+            self._fused = frozenset(fused)
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """Backpropagate dy from the last layer; fills each layer's `grads`."""
-        for k in range(len(self.layers) - 1, -1, -1):
+        k = len(self.layers) - 1
+        while k >= 0:
             # The first layer's input gradient is never used in training: skip it.
-            dy = self.layers[k].backward(dy, need_input_grad=k > 0)
+            if k - 1 in self._fused:
+                dy = self.layers[k - 1].backward_pooled(dy, need_input_grad=k > 1)
+                k -= 2
+            else:
+                dy = self.layers[k].backward(dy, need_input_grad=k > 0)
+                k -= 1
         return dy
 
     def parameters(self) -> list[np.ndarray]:

@@ -8,7 +8,13 @@ serve as the slow baseline in the benchmarks.
 
 import numpy as np
 
-from .reference import _padded, fused_backward, pooled_forward
+from .reference import (
+    _padded,
+    fused_backward,
+    pooled_backward,
+    pooled_forward,
+    pooled_forward_with_indices,
+)
 
 
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
@@ -112,3 +118,6 @@ conv2d_backward = fused_backward(conv2d_backward_input, conv2d_backward_weight)
 
 
 conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
+conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
+                                                               maxpool2d_forward)
+conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)

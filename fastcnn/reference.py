@@ -123,4 +123,47 @@ def pooled_forward(conv_forward, pool_forward):
     return conv2d_pool_forward
 
 
+def window_of(argmax, W, pool_h, pool_w):
+    """maxpool2d_forward's argmax (flat h * W + w) as the offset a * pool_w + b of each
+    maximum inside its non-overlapping window (uint8)."""
+    _, _, PH, PW = argmax.shape
+    a = argmax // W - np.arange(PH)[:, None] * pool_h
+    b = argmax % W - np.arange(PW)[None, :] * pool_w
+    return (a * pool_w + b).astype(np.uint8)
+
+
+def pooled_forward_with_indices(conv_forward, pool_forward):
+    """The conv2d_pool_forward_with_indices of a module, composed from its conv and pool
+    forwards."""
+
+    def conv2d_pool_forward_with_indices(x, weight, bias, stride_h, stride_w, pad_top,
+                                         pad_left, out_h, out_w, relu, pool_h, pool_w):
+        y = conv_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                         relu)
+        pooled, argmax = pool_forward(y, pool_h, pool_w, pool_h, pool_w)
+        return pooled, window_of(argmax, out_w, pool_h, pool_w)
+
+    return conv2d_pool_forward_with_indices
+
+
+def pooled_backward(conv_backward, pool_backward):
+    """The conv2d_pool_backward of a module, composed from its conv and pool backwards."""
+
+    def conv2d_pool_backward(x, weight, dy, y, window, relu, stride_h, stride_w, pad_top,
+                             pad_left, out_h, out_w, pool_h, pool_w, input_grad):
+        _, _, PH, PW = dy.shape
+        # The ReLU passes the gradient at a window's maximum where the pooled output is > 0.
+        g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
+        rows = np.arange(PH)[:, None] * pool_h + window // pool_w
+        cols = np.arange(PW)[None, :] * pool_w + window % pool_w
+        full = pool_backward(g, (rows * out_w + cols).astype(np.int64), out_h, out_w)
+        return conv_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
+                             pad_left, input_grad)
+
+    return conv2d_pool_backward
+
+
 conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
+conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
+                                                               maxpool2d_forward)
+conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)

@@ -9,7 +9,9 @@ from .conv import (
     conv2d_backward_input,
     conv2d_backward_weight,
     conv2d_forward,
+    conv2d_pool_backward,
     conv2d_pool_forward,
+    conv2d_pool_forward_with_indices,
 )
 from .dense import dense_backward, dense_forward
 from .pool import maxpool2d_backward, maxpool2d_forward
@@ -17,6 +19,8 @@ from .pool import maxpool2d_backward, maxpool2d_forward
 __all__ = [
     "conv2d_forward",
     "conv2d_pool_forward",
+    "conv2d_pool_forward_with_indices",
+    "conv2d_pool_backward",
     "conv2d_backward",
     "conv2d_backward_input",
     "conv2d_backward_weight",

@@ -11,7 +11,7 @@ result never depends on the number of threads.
 """
 
 import numpy as np
-from numba import prange, uint64
+from numba import prange, uint8, uint64
 
 from . import pool
 from ._jit import jit
@@ -399,6 +399,38 @@ def _flat_plane(dst, src, mask, use_mask, before, top, left, Wp):
 
 
 @jit(inline="always")
+def _window_offsets(pool_h, pool_w, Wp):
+    """The offset a * Wp + b of each window index a * pool_w + b in a pitch-Wp grid."""
+    offsets = np.empty(pool_h * pool_w, dtype=np.uint64)
+    for a in range(pool_h):
+        for b in range(pool_w):
+            offsets[a * pool_w + b] = a * Wp + b
+    return offsets
+
+
+@jit(inline="always")
+def _unpool_plane(dst, g, mask, use_mask, window, offsets, before, Wp, pool_h, pool_w):
+    """Write every element of dst: zeros, with each pooled gradient g[i, j] (PH, PW) at
+    its window's maximum, row i * pool_h + a and column j * pool_w + b of the pitch-Wp
+    grid that starts at dst[before], where window[i, j] = a * pool_w + b and
+    offsets = _window_offsets(pool_h, pool_w, Wp).
+
+    With use_mask, g is taken as zero where mask (the pooled ReLU output) is <= 0: the
+    ReLU gradient at each window's maximum. window values must be < pool_h * pool_w.
+    """
+    PH, PW = g.shape
+    for p in range(dst.shape[0]):
+        dst[p] = 0
+    gs, ms, ws = g.reshape(-1), mask.reshape(-1), window.reshape(-1)
+    for i in range(uint64(PH)):
+        row = uint64(before) + i * uint64(pool_h * Wp)
+        for j in range(uint64(PW)):
+            q = i * uint64(PW) + j
+            if not use_mask or ms[q] > 0:
+                dst[row + j * uint64(pool_w) + offsets[ws[q]]] = gs[q]
+
+
+@jit(inline="always")
 def _crop_rows(dst, src, left, Wp, relu):
     """dst (H, W) = the rows of pitch Wp in src, from column `left`; ReLU'd if relu.
 
@@ -420,9 +452,11 @@ def _crop_rows(dst, src, left, Wp, relu):
 
 
 @jit(inline="always")
-def _pool_rows(dst, src, Wp, relu, pool_h, pool_w):
+def _pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
     """dst (PH, PW) = max over non-overlapping pool_h x pool_w windows of the rows of
-    pitch Wp in src, then ReLU if relu (max and ReLU commute). A NaN in a window wins.
+    pitch Wp in src, ReLU'd first if relu; with want_window, win (PH, PW) gets the index
+    a * pool_w + b of each window's first maximum, as maxpool2d_forward finds it on the
+    ReLU'd plane. A NaN in a window wins (the first NaN).
 
     As in pool.py, the fast pass only counts NaNs (testing for them in every comparison
     is several times slower) and a plane that has one is pooled again NaN-aware. The
@@ -430,6 +464,7 @@ def _pool_rows(dst, src, Wp, relu, pool_h, pool_w):
     """
     PH, PW = dst.shape
     d = dst.reshape(-1)
+    w = win.reshape(-1)
     nans = 0
     if pool_h == 2 and pool_w == 2:
         for i in range(uint64(PH)):
@@ -441,10 +476,18 @@ def _pool_rows(dst, src, Wp, relu, pool_h, pool_w):
                 a0, a1, a2, a3 = src[r0 + c], src[r0 + c + uint64(1)], src[r1 + c], \
                     src[r1 + c + uint64(1)]
                 nans += (a0 != a0) + (a1 != a1) + (a2 != a2) + (a3 != a3)
-                m0 = a0 if a0 > a1 else a1
-                m1 = a2 if a2 > a3 else a3
-                m = m0 if m0 > m1 else m1
-                d[o + j] = 0 if relu and m < 0 else m
+                # Ties go to the earlier element, as in pool.py's sequential scan.
+                s0 = a1 > a0
+                m0 = a1 if s0 else a0
+                s1 = a3 > a2
+                m1 = a3 if s1 else a2
+                s = m1 > m0
+                m = m1 if s else m0
+                d[o + j] = 0 if relu and m < 0 else m  # NaN stays NaN, as in np.maximum
+                if want_window:
+                    # ReLU first: a window of values <= 0 pools zeros, whose first is at 0.
+                    k = (uint8(2) + uint8(s1)) if s else uint8(s0)
+                    w[o + j] = uint8(0) if relu and m <= 0 else k
     else:
         nans = 1  # other windows: the general loop below
     if nans == 0:
@@ -453,22 +496,31 @@ def _pool_rows(dst, src, Wp, relu, pool_h, pool_w):
         for j in range(PW):
             base = i * pool_h * Wp + j * pool_w
             best = src[base]
+            if relu and best < 0:
+                best = 0
+            where = 0
             for a in range(pool_h):
                 for b in range(pool_w):
                     v = src[base + a * Wp + b]
-                    if v > best or v != v:
+                    if relu and v < 0:
+                        v = 0
+                    if v > best or (v != v and best == best):
                         best = v
-            d[i * PW + j] = 0 if relu and best < 0 else best
+                        where = a * pool_w + b
+            d[i * PW + j] = best
+            if want_window:
+                w[i * PW + j] = where
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                       pool_w):
+                       pool_w, want_window):
     """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU, then max-pooled
     over non-overlapping pool_h x pool_w windows (1 x 1: no pooling).
 
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,).
-    Returns y: (N, F, out_h // pool_h, out_w // pool_w).
+    Returns (y: (N, F, out_h // pool_h, out_w // pool_w), window: the same shape, uint8,
+    the index of each pool window's maximum when want_window, else of size 0).
     One task per FORWARD_CHUNK samples: it pads each sample once into buffers of its own
     (flat planes of pitch Wp), allocated once per task, which stay in cache; three
     filters share every load of the input.
@@ -476,11 +528,14 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
-    pooled = pool_h > 1 or pool_w > 1
+    pooled = pool_h > 1 or pool_w > 1 or want_window
     y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
+    window = np.empty((N if want_window else 0, F, out_h // pool_h, out_w // pool_w),
+                      dtype=np.uint8)
     for t in prange((N + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
         xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
         acc = np.empty((3, L), dtype=x.dtype)
+        no_window = np.empty((1, 1), dtype=np.uint8)  # stands in when not want_window
         for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
             for c in range(C):
                 _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
@@ -501,19 +556,25 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
                                 _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
                 for k in range(nf):
                     if pooled:
-                        _pool_rows(y[n, f0 + k], acc[k], Wp, relu, pool_h, pool_w)
+                        win = window[n, f0 + k] if want_window else no_window
+                        _pool_rows(y[n, f0 + k], win, acc[k], Wp, relu, pool_h, pool_w,
+                                   want_window)
                     else:
                         _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
-    return y
+    return y, window
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
-def _conv2d_backward_s1(x, dy, mask, use_mask, weight_flipped, in_h, in_w, pad_top, pad_left,
-                        Hp, Wp, weight_grad, input_grad):
+def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
+                        in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad):
     """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
-    dy: (N, F, OH, OW), taken as zero where use_mask and mask (same shape) <= 0 (the fused
-    ReLU). x: (N, C, in_h, in_w), read only when weight_grad (pass dy otherwise).
+    dy: (N, F, out_h, OW), taken as zero where use_mask and mask (same shape) <= 0 (the
+    fused ReLU). With a pool (pool_h * pool_w > 1), dy and mask are instead the gradient
+    and output of the max-pool after the convolution, (N, F, PH, PW), and window (same
+    shape, uint8, each < pool_h * pool_w) says where in its window each maximum was: the
+    pool's backward pass, fused into the same copy. x: (N, C, in_h, in_w), read only when
+    weight_grad (pass dy otherwise).
     weight_flipped: weight[:, :, :, ::-1] (F, C, KH, KW), contiguous, read only when
     input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not input_grad), dw:
     (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
@@ -524,10 +585,11 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, weight_flipped, in_h, in_w, pad_t
     sums its own weight gradient and the chunks are added in order at the end, so every
     bit of the result is the same for any thread count.
     """
-    N, F, OH, _ = dy.shape
+    N, F, _, _ = dy.shape
     _, C, KH, KW = weight_flipped.shape
+    pooled = pool_h * pool_w > 1
     margin = (KH - 1) * Wp + KW - 1
-    L = OH * Wp  # weight gradient: one pass over dy's rows
+    L = out_h * Wp  # weight gradient: one pass over dy's rows
     Lin = in_h * Wp  # input gradient: one pass over dx's rows
     q0 = pad_top * Wp
     chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
@@ -539,10 +601,15 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, weight_flipped, in_h, in_w, pad_t
         dz = np.empty((F, margin + Hp * Wp), dtype=dy.dtype)
         acc = np.empty((3, Lin if input_grad else 0), dtype=dy.dtype)
         scratch = np.zeros(1, dtype=dy.dtype)  # the data dtype for in-plane partial sums
+        offsets = _window_offsets(pool_h, pool_w, Wp)
         dw = dw_parts[k]
         for n in range(k * GRAD_CHUNK, min(N, (k + 1) * GRAD_CHUNK)):
             for f in range(F):
-                _flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
+                if pooled:
+                    _unpool_plane(dz[f], dy[n, f], mask[n, f], use_mask, window[n, f],
+                                  offsets, margin, Wp, pool_h, pool_w)
+                else:
+                    _flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
             if weight_grad:
                 for c in range(C):
                     _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
@@ -631,7 +698,21 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
     return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              1, 1)
+                              1, 1, False)[0]
+
+
+def _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
+               pool_h, pool_w, want_window):
+    if stride_h != 1 or stride_w != 1:
+        y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
+                           out_w, relu)
+        pooled, argmax = pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)
+        return pooled, _window_of(argmax, out_w, pool_h, pool_w)
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              pool_h, pool_w, want_window)
 
 
 def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
@@ -642,32 +723,68 @@ def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, 
     Returns y: (N, F, out_h // pool_h, out_w // pool_w); the same values as
     maxpool2d_forward(conv2d_forward(...), pool_h, pool_w, pool_h, pool_w)[0].
     """
-    if stride_h != 1 or stride_w != 1:
-        y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
-                           out_w, relu)
-        return pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)[0]
-    _, _, H, W = x.shape
-    _, _, KH, KW = weight.shape
-    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              pool_h, pool_w)
+    return _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                      relu, pool_h, pool_w, False)[0]
+
+
+def conv2d_pool_forward_with_indices(x, weight, bias, stride_h, stride_w, pad_top, pad_left,
+                                     out_h, out_w, relu, pool_h, pool_w):
+    """conv2d_pool_forward, and where each maximum was: the training path.
+
+    Returns (y, window), both (N, F, out_h // pool_h, out_w // pool_w); window (uint8)
+    holds a * pool_w + b, the offset (a, b) of each maximum inside its window, as
+    maxpool2d_forward's argmax finds it. pool_h * pool_w must be at most 256.
+    """
+    return _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                      relu, pool_h, pool_w, True)
+
+
+@jit(parallel=True)
+def _window_of(argmax, W, pool_h, pool_w):
+    """maxpool2d_forward's argmax (flat h * W + w) as offsets inside each window (uint8)."""
+    N, C, PH, PW = argmax.shape
+    window = np.empty((N, C, PH, PW), dtype=np.uint8)
+    for t in prange(N * C):
+        n, c = t // C, t % C
+        for i in range(PH):
+            for j in range(PW):
+                h, w = argmax[n, c, i, j] // W, argmax[n, c, i, j] % W
+                window[n, c, i, j] = (h - i * pool_h) * pool_w + w - j * pool_w
+    return window
+
+
+@jit(parallel=True)
+def _unpooled(dy, y, use_mask, window, out_h, out_w, pool_h, pool_w):
+    """The pool's backward pass (and the ReLU's, with use_mask) as a full gradient
+    (N, F, out_h, out_w), for the strided kernels."""
+    N, F, _, _ = dy.shape
+    full = np.empty((N, F, out_h, out_w), dtype=dy.dtype)
+    offsets = _window_offsets(pool_h, pool_w, out_w)
+    for t in prange(N * F):
+        n, f = t // F, t % F
+        _unpool_plane(full[n, f].reshape(-1), dy[n, f], y[n, f], use_mask, window[n, f],
+                      offsets, 0, out_w, pool_h, pool_w)
+    return full
 
 
 def _flipped(weight):
     return np.ascontiguousarray(weight[:, :, :, ::-1])
 
 
-def _backward_s1(x, weight, dy, mask, relu, in_h, in_w, pad_top, pad_left, weight_grad,
-                 input_grad):
+def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, pad_top,
+                 pad_left, out_h, out_w, weight_grad, input_grad):
     """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype."""
-    _, _, OH, OW = dy.shape
     _, _, KH, KW = weight.shape
-    Hp, Wp = _s1_geometry(in_h, in_w, OH, OW, KH, KW, pad_top, pad_left)
+    Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
     # Only the input gradient reads the (flipped) weight; otherwise just its shape.
     flipped = _flipped(weight) if input_grad else weight
-    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, flipped, in_h, in_w, pad_top,
-                                     pad_left, Hp, Wp, weight_grad, input_grad)
+    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
+                                     in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
+                                     input_grad)
     return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
+
+
+_NO_WINDOW = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
 
 
 def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
@@ -689,7 +806,28 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
         dw_parts, db_parts = _conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
                                                      pad_top, pad_left)
         return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
-    return _backward_s1(x, weight, dy, y, relu, H, W, pad_top, pad_left, True, input_grad)
+    _, _, OH, OW = dy.shape
+    return _backward_s1(x, weight, dy, y, relu, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, input_grad)
+
+
+def conv2d_pool_backward(x, weight, dy, y, window, relu, stride_h, stride_w, pad_top, pad_left,
+                         out_h, out_w, pool_h, pool_w, input_grad):
+    """conv2d_backward through the max-pool after the convolution, in one pass: the
+    backward of conv2d_pool_forward_with_indices.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y, window: (N, F, out_h // pool_h,
+    out_w // pool_w), the pooled output's gradient, the pooled output and the window
+    indices (each < pool_h * pool_w). With relu, the gradient reaches each maximum only
+    where y > 0. Returns (dx or None, dw, db) as conv2d_backward does.
+    """
+    _, _, H, W = x.shape
+    if stride_h != 1 or stride_w != 1:
+        full = _unpooled(dy, y, relu, window, out_h, out_w, pool_h, pool_w)
+        return conv2d_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
+                               pad_left, input_grad)
+    return _backward_s1(x, weight, dy, y, relu, window, pool_h, pool_w, H, W, pad_top,
+                        pad_left, out_h, out_w, True, input_grad)
 
 
 def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
@@ -700,8 +838,9 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
     if stride_h != 1 or stride_w != 1:
         return _conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
                                               pad_top, pad_left)
-    return _backward_s1(dy, weight, dy, dy, False, in_h, in_w, pad_top, pad_left, False,
-                        True)[0]
+    _, _, OH, OW = dy.shape
+    return _backward_s1(dy, weight, dy, dy, False, _NO_WINDOW, 1, 1, in_h, in_w, pad_top,
+                        pad_left, OH, OW, False, True)[0]
 
 
 def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
@@ -715,6 +854,8 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
         )
         return _sum_parts(dw_parts), _sum_parts(db_parts)
     _, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
     # The kernel reads only the weight's shape on this path.
-    shape = np.empty((dy.shape[1], C, kernel_h, kernel_w), dtype=x.dtype)
-    return _backward_s1(x, shape, dy, dy, False, H, W, pad_top, pad_left, True, False)[1:]
+    shape = np.empty((F, C, kernel_h, kernel_w), dtype=x.dtype)
+    return _backward_s1(x, shape, dy, dy, False, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, False)[1:]

@@ -319,6 +319,65 @@ def test_conv2d_backward_fuzz(data):
                 assert_close(got, want, m)
 
 
+@settings(max_examples=examples(80))
+@given(data=st.data())
+def test_conv2d_max_pool2d_backward_fuzz(data):
+    x, weight, seed = draw_conv(data, sizes=(2, 8), kernels=(1, 3))
+    (n, _, _, _), f, dtype = x.shape, weight.shape[0], x.dtype
+    stride = data.draw(st.one_of(st.integers(1, 2), st.sampled_from(BAD_SIZES)))
+    padding, pool = data.draw(PADDINGS), data.draw(sizes(1, 3))
+    relu = data.draw(st.booleans())  # bad flags: test_conv2d_max_pool2d_fuzz
+    out, _ = attempt(F.conv2d_max_pool2d, x, weight, None, stride, padding, pool, relu=relu,
+                     return_indices=True)
+    y, indices = out if out is not None else (None, np.zeros((n, f, 2, 2), np.uint8))
+    dy = random_array(indices.shape, dtype, seed + 1)
+    bad = data.draw(st.sampled_from(
+        [None] * 8 + ["high", "int64", "short", "list", "readonly", "noncontig", "dy_short"]))
+    if bad == "high":
+        indices = indices.copy()
+        indices.flat[-1] = 255
+    elif bad == "int64":
+        indices = indices.astype(np.int64)
+    elif bad == "short":
+        indices = indices[:, :-1]
+    elif bad == "dy_short":
+        dy = dy[:, :, :-1] if dy.shape[2] > 1 else dy[:, :-1]
+    elif bad is not None:
+        indices = mangle(indices, bad)
+    hx, hw, hd = (data.draw(manglings()) for _ in range(3))
+    need, backend = data.draw(FLAGS), data.draw(BACKENDS)
+    args = [mangle(x, hx), mangle(weight, hw), mangle(dy, hd)]
+    mask = y if relu else None
+    got, err = attempt(F.conv2d_max_pool2d_backward, *args, indices, stride, padding, pool,
+                       relu_output=mask, need_input_grad=need, backend=backend)
+    if got is None:
+        return
+    dx, dw, db = got
+    values = [np.array(a) for a in args]
+    assert dw.shape == weight.shape and db.shape == (f,) and dw.dtype == values[0].dtype
+    assert (dx is None) == (not need)
+    # What was accepted is the oracle's result from the same values: the unfused layers.
+    pad_top, pad_left, out_h, out_w = F.conv_geometry(x.shape[2], x.shape[3],
+                                                      weight.shape[2:], F.pair(stride, "s"),
+                                                      padding)
+    ph, pw = F.pair(pool, "pool")
+    index = np.array(indices)
+    rows = np.arange(index.shape[2])[:, None] * ph + index // pw
+    cols = np.arange(index.shape[3])[None, :] * pw + index % pw
+    gy = np.where(y > 0, values[2], 0) if relu else values[2]
+    full = F.max_pool2d_backward(gy.astype(values[2].dtype), (rows * out_w + cols).astype(
+        np.int64), (n, f, out_h, out_w), backend="numpy")
+    expected = F.conv2d_backward(values[0], values[1], full.astype(values[0].dtype), stride,
+                                 padding, backend="numpy")
+    if all_finite(*values):
+        mag = F.conv2d_backward(np.abs(values[0]), np.abs(values[1]),
+                                np.abs(full).astype(values[0].dtype), stride, padding,
+                                backend="numpy")
+        for got_, want, m in zip((dx, dw, db), expected, mag, strict=True):
+            if got_ is not None:
+                assert_close(got_, want, m)
+
+
 @settings(max_examples=examples(100))
 @given(data=st.data())
 def test_max_pool2d_fuzz(data):

@@ -83,6 +83,32 @@ def test_whole_model_gradients(backend, rng):
             assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fused_conv_pool_gradients(backend, rng):
+    """Conv2D + MaxPool2D pairs train fused (stride 1 and strided, with and without ReLU)."""
+    model = Sequential([
+        Conv2D(3, 3, padding="same", activation="relu", backend=backend),
+        MaxPool2D(2, backend=backend),
+        Conv2D(4, 3, stride=2, padding=1, backend=backend),
+        MaxPool2D((1, 2), backend=backend),
+        Flatten(backend=backend),
+        Dense(5, backend=backend),
+    ], input_shape=(2, 10, 9), seed=5, dtype=np.float64)
+    x = rng.standard_normal((3, 2, 10, 9))
+    y = np.array([0, 3, 4])
+
+    def loss():
+        return model.loss(model.forward(x, training=True), y)
+
+    loss()
+    assert model._fused == {0, 2}
+    model.backward(model.loss.backward())
+    grads = [g.copy() for g in model.gradients()]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        for idx in sample_indices(p, rng, k=6):
+            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
+
+
 def test_backends_agree_on_seed_arch_training(rng):
     """Numba and NumPy backends take the same float32 training steps within tolerance."""
     from fastcnn import SGD, seed_arch

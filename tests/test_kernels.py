@@ -319,3 +319,70 @@ def test_conv2d_pool_forward_matches_oracles(case, ph, pw, relu, values):
     unfused = kernels.maxpool2d_forward(kernels.conv2d_forward(x, wt, b, sh, sw, *geo, relu),
                                         ph, pw, ph, pw)[0]
     np.testing.assert_array_equal(y, unfused)
+
+
+def _pool_case(case, ph, pw, values):
+    """make_conv's arrays with the value pattern of the pooled tests."""
+    x, wt, b = make_conv(case)
+    if values == "ties":  # integer data: equal maxima in most windows
+        x, wt, b = np.round(x), np.round(wt), np.round(b)
+    elif values == "nan":
+        x.reshape(-1)[case[-1] % x.size] = np.nan
+    return x, wt, b
+
+
+@given(conv_cases(), st.integers(1, 3), st.integers(1, 3), st.booleans(),
+       st.sampled_from(["normal", "ties", "nan"]))
+def test_conv2d_pool_forward_with_indices_matches_unfused(case, ph, pw, relu, values):
+    """The training forward pass: the values and bits of the unfused kernels, and the
+    index of the maximum that maxpool2d_forward finds in each window."""
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None or ph > geo[2] or pw > geo[3]:
+        return
+    x, wt, b = _pool_case(case, ph, pw, values)
+    y, window = kernels.conv2d_pool_forward_with_indices(x, wt, b, sh, sw, *geo, relu, ph, pw)
+    assert window.dtype == np.uint8 and window.shape == y.shape
+    conv = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, relu)
+    unfused, argmax = kernels.maxpool2d_forward(conv, ph, pw, ph, pw)
+    np.testing.assert_array_equal(y, unfused)
+    np.testing.assert_array_equal(window, reference.window_of(argmax, geo[3], ph, pw))
+    np.testing.assert_array_equal(y, kernels.conv2d_pool_forward(x, wt, b, sh, sw, *geo, relu,
+                                                                 ph, pw))
+    if values != "nan":  # the oracles find the same maxima (exact on integer data)
+        for oracle in ORACLES:
+            expected, expected_window = oracle.conv2d_pool_forward_with_indices(
+                x, wt, b, sh, sw, *geo, relu, ph, pw)
+            mag = reference.conv2d_forward(np.abs(x), np.abs(wt), np.abs(b), sh, sw, *geo,
+                                           False)
+            assert_close32(y, expected, mag)
+            if values == "ties":
+                np.testing.assert_array_equal(window, expected_window)
+
+
+@given(conv_cases(), st.integers(1, 3), st.integers(1, 3), st.booleans(),
+       st.sampled_from(["normal", "ties"]), st.booleans())
+def test_conv2d_pool_backward_matches_oracles(case, ph, pw, relu, values, input_grad):
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    if geo is None or ph > geo[2] or pw > geo[3]:
+        return
+    x, wt, b = _pool_case(case, ph, pw, values)
+    pt, pl, oh, ow = geo
+    y, window = kernels.conv2d_pool_forward_with_indices(x, wt, b, sh, sw, *geo, relu, ph, pw)
+    dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+    args = (relu, sh, sw, pt, pl, oh, ow, ph, pw, input_grad)
+    dx, dw, db = kernels.conv2d_pool_backward(x, wt, dy, y, window, *args)
+    assert (dx is None) == (not input_grad)
+    mag = reference.conv2d_pool_backward(np.abs(x), np.abs(wt), np.abs(dy), y, window, *args)
+    for oracle in ORACLES:
+        expected = oracle.conv2d_pool_backward(x, wt, dy, y, window, *args)
+        for got, want, m in zip((dx, dw, db), expected, mag, strict=True):
+            if got is not None:
+                assert_close32(got, want, m)
+    # The same bits as the unfused kernels: the pool's backward pass becomes the copy of dy.
+    conv = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, relu)
+    _, argmax = kernels.maxpool2d_forward(conv, ph, pw, ph, pw)
+    full = kernels.maxpool2d_backward(dy, argmax, oh, ow)
+    unfused = kernels.conv2d_backward(x, wt, full, conv, relu, sh, sw, pt, pl, input_grad)
+    for got, want in zip((dx, dw, db), unfused, strict=True):
+        if got is not None:
+            np.testing.assert_array_equal(got, want)

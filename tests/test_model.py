@@ -209,3 +209,34 @@ def test_inference_fuses_conv_and_pool_with_the_same_bits():
     assert not overlapping.layers[0].fuses_with(overlapping.layers[1])
     xo = np.random.default_rng(1).standard_normal((4, 2, 9, 9)).astype(np.float32)
     np.testing.assert_array_equal(overlapping.forward(xo), overlapping.forward(xo, training=True))
+
+
+def test_training_fuses_conv_and_pool_with_the_same_bits():
+    """A training step runs Conv2D + MaxPool2D as one forward and one backward kernel;
+    outputs and every gradient keep the bits of the layers run one by one."""
+    model = fc.Sequential([
+        fc.Conv2D(4, 3, padding="same", activation="relu"), fc.MaxPool2D(2),
+        fc.Conv2D(3, 3, stride=2, padding=1), fc.MaxPool2D((1, 2)),
+        fc.Flatten(), fc.Dense(5)], input_shape=(2, 12, 11), seed=4)
+    rng = np.random.default_rng(2)
+    x = np.round(rng.standard_normal((6, 2, 12, 11)), 1).astype(np.float32)  # with ties
+    labels = rng.integers(0, 5, 6)
+    logits = model.forward(x, training=True)
+    assert model._fused == {0, 2}
+    model.loss(logits, labels)
+    model.backward(model.loss.backward())
+    fused = [g.copy() for g in model.gradients()]
+    with pytest.raises(RuntimeError, match="backward_pooled"):
+        model.layers[0].backward(np.ones((6, 4, 12, 11), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.layers[1].backward(np.ones((6, 4, 6, 5), np.float32))
+    out = x
+    for layer in model.layers:
+        out = layer.forward(out, training=True)
+    np.testing.assert_array_equal(out, logits)
+    model.loss(out, labels)
+    dy = model.loss.backward()
+    for k in range(len(model.layers) - 1, -1, -1):
+        dy = model.layers[k].backward(dy, need_input_grad=k > 0)
+    for a, b in zip(fused, model.gradients(), strict=True):
+        np.testing.assert_array_equal(a, b)
