@@ -95,16 +95,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     p.add_argument("--repeats", type=int, help="timed repeats per configuration (5; quick 2)")
     p.add_argument("--naive-samples", type=int,
-                   help="samples the naive loops train on, in all (50; quick 2)")
+                   help="samples the naive loops train on, in all (300; quick 2)")
     p.add_argument("--no-startup", action="store_true",
                    help="skip the cold/warm start-up measurement (compiles every kernel)")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                   help=f"comma-separated training batch sizes (default: "
+                        f"{','.join(map(str, BATCHES))}; Keras also searches "
+                        f"{','.join(map(str, KERAS_EXTRA_BATCHES))})")
     args = p.parse_args(argv)
+    try:
+        args.batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+    except ValueError:
+        p.error(f"--batches takes comma-separated integers, got {args.batches!r}")
+    if not args.batches or min(args.batches) < 1:
+        p.error("--batches needs at least one batch size >= 1")
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     args.repeats = args.repeats or (2 if args.quick else 5)
-    args.naive_samples = args.naive_samples or (2 if args.quick else 50)
+    args.naive_samples = args.naive_samples or (2 if args.quick else 300)
     if args.repeats < 1 or args.naive_samples < 1:
         p.error("--repeats and --naive-samples must be >= 1")
     return args
@@ -165,20 +175,21 @@ def build_configs(args, x, y):
     if "fastcnn" in args.systems:
         for t in THREADS:
             log(f"building fastcnn, {t} thread(s) ...")
-            add(FastcnnSystem(t), "fastcnn", BATCHES, t)
+            add(FastcnnSystem(t), "fastcnn", args.batches, t)
     if "torch" in args.systems:
         if find_spec("torch") is None:
             notes["torch"] = f"PyTorch skipped: {TORCH_HINT}"
         else:
             for t in THREADS:
                 log(f"building PyTorch, {t} thread(s) ...")
-                add(TorchSystem(t), "PyTorch", BATCHES, t)
+                add(TorchSystem(t), "PyTorch", args.batches, t)
     if "keras" in args.systems:
         if find_spec("tensorflow") is None or find_spec("keras") is None:
             notes["keras"] = f"Keras skipped: {TF_HINT}"
         else:
             log("building Keras (importing TensorFlow) ...")
-            batches = BATCHES if quick else BATCHES + KERAS_EXTRA_BATCHES
+            batches = args.batches if quick else args.batches + tuple(
+                b for b in KERAS_EXTRA_BATCHES if b not in args.batches)
             # One model per batch size: each traces its own train function.
             for b in batches:
                 system = KerasSystem()
@@ -216,14 +227,14 @@ def measure(configs: list[Config], repeats: int) -> None:
                 " samples/s")
 
 
-def make_rows(train: list[Config], predict: list[Config]) -> list[dict]:
+def make_rows(train: list[Config], predict: list[Config], batches: tuple) -> list[dict]:
     infer = {(c.label, c.threads): c.samples_per_s for c in predict}
     fast = {(c.batch, c.threads): c.samples_per_s for c in train if c.label == "fastcnn"}
     keras = [c for c in train if c.label == "Keras"]
     best_keras = max(keras, key=lambda c: c.samples_per_s) if keras else None
     rows = []
     for c in train:
-        if c.label == "Keras" and c.batch not in BATCHES and c is not best_keras:
+        if c.label == "Keras" and c.batch not in batches and c is not best_keras:
             continue  # searched for the best batch size only
         name = {"naive": f"naive NumPy loops (extrapolated from {c.steps * len(c.seconds)} "
                          "samples)"}.get(c.label, c.label)
@@ -285,9 +296,9 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command) 
             f"{w['first_batch_s']:.2f} s); a later batch takes {w['second_batch_s']:.3f} s.")
     fast = {(c.kind, c.batch, c.threads): c.samples_per_s for c in train + predict
             if c.label == "fastcnn"}
-    if 2 in THREADS and ("train", 64, 1) in fast:
+    if 2 in THREADS and ("predict", PREDICT_BATCH, 1) in fast:
         parts = [f"batch {b} {fast[('train', b, 2)] / fast[('train', b, 1)]:.2f}x"
-                 for b in BATCHES]
+                 for b in args.batches]
         parts.append("inference {:.2f}x".format(fast[("predict", PREDICT_BATCH, 2)]
                                                 / fast[("predict", PREDICT_BATCH, 1)]))
         out.append("fastcnn speed-up from 1 to 2 threads, training step: " + ", ".join(parts))
@@ -322,7 +333,7 @@ def main(argv=None) -> int:
         log(f"warning: load average {machine['load_1min']:.2f} before start; other processes "
             "are running, so the numbers (above all at 2 threads) will be off")
     startup = None if args.no_startup else measure_startup(args.quick)
-    biggest = max(BATCHES + (() if args.quick else KERAS_EXTRA_BATCHES))
+    biggest = max(args.batches + (() if args.quick else KERAS_EXTRA_BATCHES))
     x, y = load_images(max(biggest * POOL, PREDICT_BATCH))
     train, predict, notes = build_configs(args, x, y)
     if not train:
@@ -334,7 +345,7 @@ def main(argv=None) -> int:
         vers["numba_threading_layer"] = numba.threading_layer()
     except ValueError:  # no parallel kernel ran
         vers["numba_threading_layer"] = None
-    rows = make_rows(train, predict)
+    rows = make_rows(train, predict, args.batches)
     lines = summary(args, rows, train, predict, startup, notes, machine, vers, command)
     if args.markdown:
         print(table(rows, True) + "\n\n" + "\n".join(f"- {line}" for line in lines))
