@@ -2,16 +2,20 @@
 
     python bench/compare.py [--quick] [--out bench/results.json] [--markdown]
 
-All systems run side by side in this one process, one after another (never at once):
+All systems run side by side in this one run, one after another (never at once):
 every repeat times each configuration in turn (rotating the order), and a result is
-the median over repeats. Each system trains on the same pre-normalised float32 images,
-already in memory in its own layout. Progress goes to stderr, the report to stdout.
+the median over repeats. Each system lives in a worker process of its own, so that no
+library's threads, allocator settings or thread limits (fastcnn pins BLAS and tunes
+glibc malloc; TensorFlow and PyTorch start thread pools) touch another's numbers. Each
+trains on the same pre-normalised float32 images, already in memory in its own layout.
+Progress goes to stderr, the report to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -19,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -83,6 +88,88 @@ class Config:
     @property
     def samples_per_s(self) -> float:
         return self.batch * self.steps / statistics.median(self.seconds)
+
+
+@dataclass
+class RemoteConfig:
+    """A Config living in a worker process: run() asks the worker to time it."""
+
+    worker: Worker
+    index: int
+    label: str
+    batch: int
+    threads: int
+    steps: int
+    kind: str
+    seconds: list[float] = field(default_factory=list)
+
+    key = Config.key
+    samples_per_s = Config.samples_per_s
+
+    def run(self) -> float:
+        return self.worker.call(self.index)
+
+
+# Pause between timed runs, so that the threads a system leaves spinning (OpenMP,
+# TensorFlow's pools) have gone to sleep before the next system starts.
+SETTLE_S = 0.2
+
+
+class Worker:
+    """One system in a process of its own (spawned, so nothing is inherited)."""
+
+    def __init__(self, system: str, args: argparse.Namespace) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, system, vars(args)),
+                                   daemon=True)
+        self.process.start()
+        child.close()
+        self.info = self._receive()
+        self.configs = [RemoteConfig(self, i, *c) for i, c in enumerate(self.info["configs"])]
+
+    def _receive(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError("a benchmark worker died (see its messages above)") from None
+        if status == "error":
+            raise RuntimeError(f"a benchmark worker failed:\n{value}")
+        return value
+
+    def call(self, index: int) -> float:
+        self.conn.send(index)
+        return self._receive()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def _serve(conn, system: str, settings: dict) -> None:
+    """Worker process: build one system's configurations, then time them on request."""
+    try:
+        args = argparse.Namespace(**settings)
+        biggest = max(args.batches + (() if args.quick else KERAS_EXTRA_BATCHES))
+        x, y = load_images(max(biggest * POOL, PREDICT_BATCH))
+        train, predict, notes = build_configs(args, x, y, (system,))
+        configs = train + predict
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel ran
+            layer = None
+        conn.send(("ok", {"notes": notes, "threading_layer": layer,
+                          "configs": [(c.label, c.batch, c.threads, c.steps, c.kind)
+                                      for c in configs]}))
+        while (index := conn.recv()) is not None:
+            conn.send(("ok", configs[index].run()))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -153,8 +240,8 @@ def measure_startup(quick: bool) -> dict:
     return {"cold": cold, "warm": warm, "warm_runs": warm_runs}
 
 
-def build_configs(args, x, y):
-    """Systems, warmed up, with their inputs already converted."""
+def build_configs(args, x, y, systems):
+    """The given systems' configurations, warmed up, with their inputs already converted."""
     quick, train, predict, notes = args.quick, [], [], {}
 
     def add(system, label, batches, threads, warmup=1):
@@ -172,18 +259,18 @@ def build_configs(args, x, y):
         predict.append(Config(system, label, PREDICT_BATCH, threads, 1 if quick else 3,
                               kind="predict", inputs=[(xp,)]))
 
-    if "fastcnn" in args.systems:
+    if "fastcnn" in systems:
         for t in THREADS:
             log(f"building fastcnn, {t} thread(s) ...")
             add(FastcnnSystem(t), "fastcnn", args.batches, t)
-    if "torch" in args.systems:
+    if "torch" in systems:
         if find_spec("torch") is None:
             notes["torch"] = f"PyTorch skipped: {TORCH_HINT}"
         else:
             for t in THREADS:
                 log(f"building PyTorch, {t} thread(s) ...")
                 add(TorchSystem(t), "PyTorch", args.batches, t)
-    if "keras" in args.systems:
+    if "keras" in systems:
         if find_spec("tensorflow") is None or find_spec("keras") is None:
             notes["keras"] = f"Keras skipped: {TF_HINT}"
         else:
@@ -199,7 +286,7 @@ def build_configs(args, x, y):
             notes["keras"] = (f"Keras {system.threads} thread(s) only: TensorFlow fixes its "
                               f"thread pools at start-up; compiled train_on_batch "
                               f"(jit_compile={system.jit_compile}) and predict_on_batch.")
-    if "naive" in args.systems:
+    if "naive" in systems:
         log("building the naive loops ...")
         system = NaiveSystem()
         system.activate()
@@ -218,16 +305,17 @@ def build_configs(args, x, y):
     return train, predict, notes
 
 
-def measure(configs: list[Config], repeats: int) -> None:
+def measure(configs: list, repeats: int, settle: float = SETTLE_S) -> None:
     for r in range(repeats):
         k = r % len(configs)
         for cfg in configs[k:] + configs[:k]:  # rotate so no system always goes first
+            time.sleep(settle)
             cfg.seconds.append(cfg.run())
             log(f"[{r + 1}/{repeats}] {cfg.key}: {cfg.batch * cfg.steps / cfg.seconds[-1]:,.1f}"
                 " samples/s")
 
 
-def make_rows(train: list[Config], predict: list[Config], batches: tuple) -> list[dict]:
+def make_rows(train: list, predict: list, batches: tuple) -> list[dict]:
     infer = {(c.label, c.threads): c.samples_per_s for c in predict}
     fast = {(c.batch, c.threads): c.samples_per_s for c in train if c.label == "fastcnn"}
     keras = [c for c in train if c.label == "Keras"]
@@ -308,7 +396,8 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command) 
         out.append(f"fastcnn at batch {REF_BATCH}, {t} thread(s), trains "
                    f"{fast[('train', REF_BATCH, t)] / naive['train_samples_per_s']:,.0f}x "
                    f"faster than the naive per-sample loops.")
-    out.append(f"Each number: median of {args.repeats} repeats, systems alternating; a "
+    out.append(f"Each number: median of {args.repeats} repeats, systems alternating, each "
+               f"system in a process of its own; a "
                f"training repeat is {MIN_STEPS}-{MAX_STEPS} steps (~{TARGET_SAMPLES} samples)"
                f"{' (quick: 3 steps, numbers are noise)' if args.quick else ''}, after "
                f"untimed warm-up; inference repeats call predict on {PREDICT_BATCH} images.")
@@ -333,18 +422,24 @@ def main(argv=None) -> int:
         log(f"warning: load average {machine['load_1min']:.2f} before start; other processes "
             "are running, so the numbers (above all at 2 threads) will be off")
     startup = None if args.no_startup else measure_startup(args.quick)
-    biggest = max(args.batches + (() if args.quick else KERAS_EXTRA_BATCHES))
-    x, y = load_images(max(biggest * POOL, PREDICT_BATCH))
-    train, predict, notes = build_configs(args, x, y)
-    if not train:
-        print("nothing to measure: " + "; ".join(notes.values()), file=sys.stderr)
-        return 2
-    measure(train + predict, args.repeats)
-    vers = versions()
+    workers, notes = [], {}
     try:
-        vers["numba_threading_layer"] = numba.threading_layer()
-    except ValueError:  # no parallel kernel ran
-        vers["numba_threading_layer"] = None
+        for system in args.systems:  # one at a time: builds compile and trace
+            workers.append(Worker(system, args))
+            notes.update(workers[-1].info["notes"])
+        configs = [c for w in workers for c in w.configs]
+        train = [c for c in configs if c.kind == "train"]
+        predict = [c for c in configs if c.kind == "predict"]
+        if not train:
+            print("nothing to measure: " + "; ".join(notes.values()), file=sys.stderr)
+            return 2
+        measure(train + predict, args.repeats)
+    finally:
+        for w in workers:
+            w.close()
+    vers = versions()
+    vers["numba_threading_layer"] = next(
+        (w.info["threading_layer"] for w in workers if w.info["threading_layer"]), None)
     rows = make_rows(train, predict, args.batches)
     lines = summary(args, rows, train, predict, startup, notes, machine, vers, command)
     if args.markdown:
