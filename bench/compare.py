@@ -52,7 +52,12 @@ REF_BATCH = 64  # fastcnn's default batch size: the reference where batches diff
 # Samples per timed repeat, so that small and large batches get similar wall time.
 TARGET_SAMPLES, MIN_STEPS, MAX_STEPS = 4096, 30, 200
 POOL = 8  # distinct batches cycled through per configuration
-SYSTEMS = ("fastcnn", "torch", "keras", "naive")
+SYSTEMS = ("fastcnn", "torch", "torch-malloc", "keras", "naive")
+# glibc's malloc as fastcnn.set_threads leaves it (keep freed memory, no mmap below
+# 32 MB), set through glibc's environment variables for the "torch-malloc" worker: with
+# the defaults, PyTorch maps and unmaps its large buffers on every call.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+TORCH_TUNED = "PyTorch, malloc tuned"
 
 
 @dataclass
@@ -123,7 +128,17 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, system, vars(args)),
                                    daemon=True)
-        self.process.start()
+        env = TUNED_MALLOC if system == "torch-malloc" else {}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the spawned process starts with this environment
+        try:
+            self.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
         self.info = self._receive()
         self.configs = [RemoteConfig(self, i, *c) for i, c in enumerate(self.info["configs"])]
@@ -263,13 +278,19 @@ def build_configs(args, x, y, systems):
         for t in THREADS:
             log(f"building fastcnn, {t} thread(s) ...")
             add(FastcnnSystem(t), "fastcnn", args.batches, t)
-    if "torch" in systems:
+    for name, label in (("torch", "PyTorch"), ("torch-malloc", TORCH_TUNED)):
+        if name not in systems:
+            continue
         if find_spec("torch") is None:
-            notes["torch"] = f"PyTorch skipped: {TORCH_HINT}"
-        else:
-            for t in THREADS:
-                log(f"building PyTorch, {t} thread(s) ...")
-                add(TorchSystem(t), "PyTorch", args.batches, t)
+            notes[name] = f"{label} skipped: {TORCH_HINT}"
+            continue
+        for t in THREADS:
+            log(f"building {label}, {t} thread(s) ...")
+            add(TorchSystem(t), label, args.batches, t)
+        if name == "torch-malloc":
+            notes[name] = (f"{label}: PyTorch in a process started with "
+                           + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
+                           + ", glibc's malloc as fastcnn sets it for itself.")
     if "keras" in systems:
         if find_spec("tensorflow") is None or find_spec("keras") is None:
             notes["keras"] = f"Keras skipped: {TF_HINT}"
@@ -373,7 +394,7 @@ def table(rows: list[dict], markdown: bool) -> str:
 def summary(args, rows, train, predict, startup, notes, machine, vers, command) -> list[str]:
     out = [f"vs fastcnn: training samples/s divided by fastcnn's at the same batch and "
            f"threads (> 1: faster than fastcnn); † against fastcnn at batch {REF_BATCH}."]
-    out += [notes[k] for k in ("naive", "keras", "torch") if k in notes]
+    out += [notes[k] for k in ("naive", "keras", "torch", "torch-malloc") if k in notes]
     if startup:
         c, w = startup["cold"], startup["warm"]
         out.append(
