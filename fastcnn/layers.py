@@ -280,9 +280,7 @@ class Dense(Layer):
         self.units = F.check_int(units, "units", 1)
         self.activation = _activation(activation)
         self.kernel_initializer = _initializer(kernel_initializer)
-        # What backward needs: the input, and the output (unfused) or, after a fused
-        # training pass, (pool, pooled output, indices).
-        self._x = self._y = self._pooled = None
+        self._x = self._y = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
