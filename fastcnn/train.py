@@ -291,7 +291,7 @@ def _main(argv: list[str] | None) -> int:
             initial_state = check_fit_state(resumed.state, args.epochs, steps, optimizer, True)
         except (TypeError, ValueError) as exc:
             raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
-    compile_seconds = model.warmup()
+    compile_seconds = model.warmup(optimizer)
     say = print
     say(f"fastcnn: SEED-ARCH on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
         f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads, "

@@ -240,3 +240,13 @@ def test_training_fuses_conv_and_pool_with_the_same_bits():
         dy = model.layers[k].backward(dy, need_input_grad=k > 0)
     for a, b in zip(fused, model.gradients(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make_opt", [lambda: fc.SGD(0.05, momentum=0.9), lambda: fc.Adam(0.01)])
+def test_warmup_compiles_the_optimizer_and_changes_nothing(make_opt):
+    model, opt = fc.seed_arch(0), make_opt()
+    before = [p.copy() for p in model.parameters()]
+    assert model.warmup(opt) >= 0
+    assert opt.iterations == 0 and not opt.state()
+    for a, b in zip(before, model.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
