@@ -771,13 +771,14 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
                               1, 1, False)[0]
 
 
-def _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
+def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
                pool_h, pool_w, want_window):
+    """(y, window or None) of conv2d_pool_forward_with_indices, for any stride."""
     if stride_h != 1 or stride_w != 1:
         y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
                            out_w, relu)
         pooled, argmax = pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)
-        return pooled, _window_of(argmax, out_w, pool_h, pool_w)
+        return pooled, (_window_of(argmax, out_w, pool_h, pool_w) if want_window else None)
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
@@ -793,7 +794,7 @@ def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, 
     Returns y: (N, F, out_h // pool_h, out_w // pool_w); the same values as
     maxpool2d_forward(conv2d_forward(...), pool_h, pool_w, pool_h, pool_w)[0].
     """
-    return _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+    return _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
                       relu, pool_h, pool_w, False)[0]
 
 
@@ -805,7 +806,7 @@ def conv2d_pool_forward_with_indices(x, weight, bias, stride_h, stride_w, pad_to
     holds a * pool_w + b, the offset (a, b) of each maximum inside its window, as
     maxpool2d_forward's argmax finds it. pool_h * pool_w must be at most 256.
     """
-    return _pooled_s1(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+    return _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
                       relu, pool_h, pool_w, True)
 
 
