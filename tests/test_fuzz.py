@@ -356,23 +356,14 @@ def test_conv2d_max_pool2d_backward_fuzz(data):
     values = [np.array(a) for a in args]
     assert dw.shape == weight.shape and db.shape == (f,) and dw.dtype == values[0].dtype
     assert (dx is None) == (not need)
-    # What was accepted is the oracle's result from the same values: the unfused layers.
-    pad_top, pad_left, out_h, out_w = F.conv_geometry(x.shape[2], x.shape[3],
-                                                      weight.shape[2:], F.pair(stride, "s"),
-                                                      padding)
-    ph, pw = F.pair(pool, "pool")
-    index = np.array(indices)
-    rows = np.arange(index.shape[2])[:, None] * ph + index // pw
-    cols = np.arange(index.shape[3])[None, :] * pw + index % pw
-    gy = np.where(y > 0, values[2], 0) if relu else values[2]
-    full = F.max_pool2d_backward(gy.astype(values[2].dtype), (rows * out_w + cols).astype(
-        np.int64), (n, f, out_h, out_w), backend="numpy")
-    expected = F.conv2d_backward(values[0], values[1], full.astype(values[0].dtype), stride,
-                                 padding, backend="numpy")
+    # What was accepted is the oracle's result from the same values (the numpy backend
+    # composes the unfused pool and conv backward passes).
+    index, mask = np.array(indices), None if mask is None else np.array(mask)
+    expected = F.conv2d_max_pool2d_backward(*values, index, stride, padding, pool,
+                                            relu_output=mask, backend="numpy")
     if all_finite(*values):
-        mag = F.conv2d_backward(np.abs(values[0]), np.abs(values[1]),
-                                np.abs(full).astype(values[0].dtype), stride, padding,
-                                backend="numpy")
+        mag = F.conv2d_max_pool2d_backward(*(np.abs(a) for a in values), index, stride,
+                                           padding, pool, relu_output=mask, backend="numpy")
         for got_, want, m in zip((dx, dw, db), expected, mag, strict=True):
             if got_ is not None:
                 assert_close(got_, want, m)
