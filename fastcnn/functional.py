@@ -430,3 +430,26 @@ def dense_backward(
     if dx is not None:
         dx = dx.astype(x.dtype, copy=False)
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+
+
+def softmax_cross_entropy(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    backend: str = "numba",
+) -> tuple[float, np.ndarray]:
+    """(mean cross-entropy of softmax(logits) against integer labels, its gradient with
+    respect to logits). logits: (N, classes) float; labels: (N,) integers."""
+    impl = backend_module(backend)
+    logits = check_array(logits, "logits", 2)
+    labels = np.asarray(labels)
+    if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {logits.shape[0]} integers, got "
+                         f"shape {labels.shape} dtype {labels.dtype}")
+    # uint64 labels above 2**63 wrap negative here, so the kernel still refuses them.
+    index = np.ascontiguousarray(labels, dtype=np.int64)
+    loss, grad, bad = impl.softmax_cross_entropy(logits, index)
+    if bad >= 0:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {labels[bad]} "
+                         f"at index {bad}")
+    return float(loss), grad.astype(logits.dtype, copy=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import functional as F
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
@@ -12,32 +14,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class SoftmaxCrossEntropy:
-    """Mean cross-entropy of softmax(logits) against integer labels."""
+    """Mean cross-entropy of softmax(logits) against integer labels.
 
-    def __init__(self) -> None:
-        self._probs = None
-        self._labels = None
+    Calling it returns the loss and keeps its gradient for `backward`."""
+
+    def __init__(self, backend: str = "numba") -> None:
+        F.backend_module(backend)  # validates the name
+        self.backend = backend
+        self._grad: np.ndarray | None = None
 
     def __call__(self, logits: np.ndarray, labels: np.ndarray) -> float:
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be (N, classes), got shape {logits.shape}")
-        labels = np.asarray(labels)
-        if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be {logits.shape[0]} integers, got "
-                             f"shape {labels.shape} dtype {labels.dtype}")
-        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-            raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got "
-                             f"[{labels.min()}, {labels.max()}]")
-        z = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(z).sum(axis=1))
-        rows = np.arange(len(labels))
-        self._probs = np.exp(z - log_norm[:, None])
-        self._labels = labels
-        return float(np.mean(log_norm - z[rows, labels]))
+        loss, self._grad = F.softmax_cross_entropy(logits, labels, backend=self.backend)
+        return loss
 
     def backward(self) -> np.ndarray:
-        if self._probs is None:
+        """dloss/dlogits of the last call (the same array until the next call)."""
+        if self._grad is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before the loss")
-        grad = self._probs.copy()
-        grad[np.arange(len(self._labels)), self._labels] -= 1
-        return (grad / len(self._labels)).astype(self._probs.dtype, copy=False)
+        return self._grad

@@ -108,7 +108,9 @@ class Sequential:
             _check_size((_parameter_count(layer, shape),), f"the weights of {layer!r}")
             shape = layer.build(shape, rng, self.dtype)
         self.output_shape = shape
-        self.loss = SoftmaxCrossEntropy()
+        # The loss follows the layers onto the NumPy oracles when they all use them.
+        numpy_only = all(layer.backend == "numpy" for layer in self.layers)
+        self.loss = SoftmaxCrossEntropy("numpy" if numpy_only else "numba")
         # Layers that ran fused with the next one in the last training pass.
         self._fused: frozenset[int] = frozenset()
 

@@ -121,3 +121,19 @@ conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
 conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
                                                                maxpool2d_forward)
 conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)
+
+
+def softmax_cross_entropy(logits, labels):
+    N, K = logits.shape
+    grad = np.zeros((N, K))
+    total = 0.0
+    for n in range(N):  # one sample at a time, as the original Softmax layer
+        if not 0 <= labels[n] < K:
+            return np.nan, grad, n
+        z = logits[n].astype(np.float64)
+        probs = np.exp(z - z.max())
+        probs /= probs.sum()
+        total -= np.log(probs[labels[n]])
+        grad[n] = probs
+        grad[n, labels[n]] -= 1
+    return total / N, grad / N, -1

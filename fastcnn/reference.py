@@ -167,3 +167,18 @@ conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
 conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
                                                                maxpool2d_forward)
 conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)
+
+
+def softmax_cross_entropy(logits, labels):
+    """(mean loss, dlogits, index of the first label outside [0, K) or -1)."""
+    z = logits.astype(np.float64)
+    N, K = z.shape
+    bad = np.flatnonzero((labels < 0) | (labels >= K))
+    if bad.size:
+        return np.nan, np.empty_like(z), int(bad[0])
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    rows = np.arange(N)
+    grad = np.exp(z - log_norm[:, None])
+    grad[rows, labels] -= 1
+    return float(np.mean(log_norm - z[rows, labels])), grad / N, -1

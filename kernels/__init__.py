@@ -14,6 +14,7 @@ from .conv import (
     conv2d_pool_forward_with_indices,
 )
 from .dense import dense_backward, dense_forward
+from .loss import softmax_cross_entropy
 from .pool import maxpool2d_backward, maxpool2d_forward
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "dense_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "softmax_cross_entropy",
 ]

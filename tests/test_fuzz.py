@@ -279,6 +279,63 @@ def test_dense_fuzz(data):
                 assert_close(got, want, m)
 
 
+LABEL_MANGLINGS = ("keep", "keep", "keep", "list", "noncontig", "readonly", "int32", "uint8",
+                   "uint64", "huge", "negative", "too_big", "float", "bool", "short", "2d",
+                   "none", "object")
+
+
+def mangle_labels(labels: np.ndarray, classes: int, how: str):
+    """Labels in [0, classes) as the same values in another form, or bad labels."""
+    if how in ("keep", "noncontig", "readonly", "list"):
+        return mangle(labels, how)
+    if how in ("int32", "uint8", "uint64"):
+        return labels.astype(how)
+    if how == "huge":  # wraps to -1 as int64
+        return np.full(labels.shape, 2**64 - 1, np.uint64)
+    if how == "negative":
+        return np.concatenate([labels[:-1], [-1]])
+    if how == "too_big":
+        return np.concatenate([[classes], labels[1:]])
+    if how == "float":
+        return labels.astype(np.float64)
+    if how == "bool":
+        return labels > 0
+    if how == "short":
+        return labels[:-1]
+    if how == "2d":
+        return labels[:, None]
+    if how == "none":
+        return None
+    return labels.astype(object)
+
+
+@settings(max_examples=examples(80))
+@given(data=st.data())
+def test_softmax_cross_entropy_fuzz(data):
+    n, k = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 6))
+    dtype, seed = data.draw(DTYPES), data.draw(st.integers(0, 99))
+    logits = random_array((n, k), dtype, seed) * data.draw(st.sampled_from([1.0, 50.0]))
+    labels = np.random.default_rng(seed).integers(0, k, n)
+    hl, how = data.draw(manglings()), data.draw(st.sampled_from(LABEL_MANGLINGS))
+    backend = data.draw(BACKENDS)
+    bad_labels = mangle_labels(labels, k, how)
+    out, err = attempt(F.softmax_cross_entropy, mangle(logits, hl), bad_labels,
+                       backend=backend)
+    good_labels = how in ("keep", "noncontig", "readonly", "list", "int32", "uint8", "uint64")
+    if is_good(hl) and good_labels and good_backend(backend):
+        assert err is None, err
+    if out is None:
+        return
+    assert good_labels, f"labels mangled by {how!r} were accepted"
+    loss, grad = out
+    values = np.array(mangle(logits, hl))
+    want_loss, want_grad = F.softmax_cross_entropy(values, labels, backend="numpy")
+    assert isinstance(loss, float) and grad.dtype == values.dtype and grad.shape == (n, k)
+    # NaN and -inf logits: the same NaN, infinite or finite results as the oracle.
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert_close(grad, want_grad, 1.0 / n)
+
+
 @settings(max_examples=examples(100))
 @given(data=st.data())
 def test_conv2d_backward_fuzz(data):

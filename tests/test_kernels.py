@@ -386,3 +386,37 @@ def test_conv2d_pool_backward_matches_oracles(case, ph, pw, relu, values, input_
     for got, want in zip((dx, dw, db), unfused, strict=True):
         if got is not None:
             np.testing.assert_array_equal(got, want)
+
+
+@given(st.integers(1, 70), st.integers(1, 12), st.sampled_from([0.1, 3.0, 60.0]),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_softmax_cross_entropy_matches_oracles(n, k, scale, dtype, seed):
+    # Scale 60: exp would overflow float32 without the max subtracted.
+    r = np.random.default_rng(seed)
+    logits = (r.standard_normal((n, k)) * scale).astype(dtype)
+    labels = r.integers(0, k, n)
+    loss, grad, bad = kernels.softmax_cross_entropy(logits, labels)
+    assert bad == -1 and grad.dtype == dtype
+    # Gradient entries are probabilities / n: bounded by 1 / n.
+    atol = (1e-7 if dtype == np.float32 else 1e-15) / n
+    for oracle in ORACLES:
+        want_loss, want_grad, want_bad = oracle.softmax_cross_entropy(logits, labels)
+        assert want_bad == -1
+        # The kernel rounds each sample's loss, and the mean, to the logits' dtype.
+        assert loss == pytest.approx(want_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=atol)
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=10 * atol * k)
+
+
+def test_softmax_cross_entropy_reports_the_first_bad_label():
+    logits = np.zeros((4, 3), np.float32)
+    for labels, first in (([0, 2, 3, -1], 2), ([-1, 0, 0, 0], 0), ([0, 1, 2, 1], -1)):
+        labels = np.array(labels)
+        for impl in (kernels, *ORACLES):
+            assert impl.softmax_cross_entropy(logits, labels)[2] == first, impl
+
+
+def test_softmax_cross_entropy_propagates_nan():
+    logits = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]], np.float32)
+    loss, grad, _ = kernels.softmax_cross_entropy(logits, np.array([0, 1]))
+    assert np.isnan(loss) and np.isnan(grad[0]).all() and np.isfinite(grad[1]).all()

@@ -113,6 +113,39 @@ def test_fit_rejects_bad_labels():
         fc.seed_arch().fit(x, np.array([0, 1]), verbose=False)
 
 
+@pytest.mark.parametrize("logits, labels, exc, match", [
+    (np.zeros((2, 3), np.float32), np.array([0, 3]), ValueError,
+     r"lie in \[0, 3\), got 3 at index 1"),
+    (np.zeros((2, 3), np.float32), np.array([-1, 0]), ValueError, r"got -1 at index 0"),
+    (np.zeros((2, 3), np.float32), np.array([0.0, 1.0]), ValueError, "2 integers"),
+    (np.zeros((2, 3), np.float32), np.array([0, 1, 2]), ValueError, "2 integers"),
+    (np.zeros((0, 3), np.float32), np.array([], np.int64), ValueError, "empty"),
+    (np.zeros(3, np.float32), np.array([0]), ValueError, "2 dimensions"),
+    (np.zeros((2, 3), np.int64), np.array([0, 1]), TypeError, "float32 or float64"),
+    ([[0.0, 1.0]], np.array([0]), TypeError, "numpy array"),
+])
+def test_loss_rejects_bad_input(logits, labels, exc, match):
+    for backend in ("numba", "numpy"):
+        with pytest.raises(exc, match=match):
+            fc.SoftmaxCrossEntropy(backend)(logits, labels)
+
+
+def test_loss_backends_agree_and_backward_needs_a_call():
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((7, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, 7).astype(np.uint8)  # any integer dtype
+    fast, oracle = fc.SoftmaxCrossEntropy(), fc.SoftmaxCrossEntropy("numpy")
+    assert fast(logits, labels) == pytest.approx(oracle(logits, labels), rel=1e-6)  # float32
+    assert fast.backward().dtype == np.float32
+    np.testing.assert_allclose(fast.backward(), oracle.backward(), rtol=1e-6, atol=1e-8)
+    with pytest.raises(RuntimeError, match="before the loss"):
+        fc.SoftmaxCrossEntropy().backward()
+    with pytest.raises(ValueError, match="backend"):
+        fc.SoftmaxCrossEntropy("torch")
+    assert fc.seed_arch(backend="numpy").loss.backend == "numpy"
+    assert fc.seed_arch().loss.backend == "numba"
+
+
 def test_divergence_is_reported():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8)

@@ -246,17 +246,18 @@ def test_checkpoint_dir_problems_exit_2(stopped_run, tmp_path, capsys):
 
 def test_divergence_keeps_last_good_checkpoint(tmp_path):
     ck = tmp_path / "ck"
-    # Plain SGD at lr 1e5 overflows on the 4th batch; a checkpoint is written after each.
-    proc = run_train(*BASE, "--threads", "1", "--optimizer", "sgd", "--lr", "1e5",
+    # Plain SGD at lr 1e6 overflows on the 3rd batch (so do 1e7 and 1e8: it is not on the
+    # edge); a checkpoint is written after each.
+    proc = run_train(*BASE, "--threads", "1", "--optimizer", "sgd", "--lr", "1e6",
                      "--schedule", "constant", "--checkpoint-every", "1",
                      "--checkpoint-dir", str(ck))
     assert proc.returncode == 1
     err = proc.stderr
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "at epoch 1, batch 4/20" in err and "lower learning rate" in err
-    assert f"last good checkpoint (at epoch 1/2, batch 3/20) is kept in {ck}" in err
+    assert "at epoch 1, batch 3/20" in err and "lower learning rate" in err
+    assert f"last good checkpoint (at epoch 1/2, batch 2/20) is kept in {ck}" in err
     saved = ckpt.load_checkpoint(ckpt.checkpoint_path(ck))  # refuses non-finite weights
-    assert (saved.state.epoch, saved.state.batch, saved.iterations) == (0, 3, 3)
+    assert (saved.state.epoch, saved.state.batch, saved.iterations) == (0, 2, 2)
 
 
 # -- in-process: fit's resume hook, threads and seeds -----------------------------------
