@@ -12,7 +12,7 @@ import compare
 
 def test_compare_quick_writes_the_table(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = compare.main(["--quick", "--systems", "fastcnn,naive", "--no-startup",
+    code = compare.main(["--quick", "--systems", "fastcnn,naive,ceiling", "--no-startup",
                          "--batches", "1,8", "--markdown", "--out", str(out)])
     assert code == 0
     report = capsys.readouterr().out
@@ -25,3 +25,7 @@ def test_compare_quick_writes_the_table(tmp_path, capsys):
     assert any(r["system"].startswith("naive NumPy loops") for r in result["rows"])
     assert all(r["train_samples_per_s"] > 0 for r in result["rows"])
     assert {i["system"] for i in result["inference"]} == {"fastcnn", "naive"}
+    assert not any(r["system"] == "ceiling" for r in result["rows"])
+    if len(threads) > 1:  # the ceiling needs a second core
+        assert result["ceiling"]["speedup"] > 0
+        assert "Machine ceiling, in the same rotation" in report

@@ -34,6 +34,7 @@ from harness import (
     CORES,
     TF_HINT,
     TORCH_HINT,
+    CeilingSystem,
     FastcnnSystem,
     KerasSystem,
     NaiveSystem,
@@ -52,7 +53,7 @@ REF_BATCH = 64  # fastcnn's default batch size: the reference where batches diff
 # Samples per timed repeat, so that small and large batches get similar wall time.
 TARGET_SAMPLES, MIN_STEPS, MAX_STEPS = 4096, 30, 200
 POOL = 8  # distinct batches cycled through per configuration
-SYSTEMS = ("fastcnn", "torch", "torch-malloc", "keras", "naive")
+SYSTEMS = ("fastcnn", "torch", "torch-malloc", "keras", "naive", "ceiling")
 # glibc's malloc as fastcnn.set_threads leaves it (keep freed memory, no mmap below
 # 32 MB), set through glibc's environment variables for the "torch-malloc" worker: with
 # the defaults, PyTorch maps and unmaps its large buffers on every call.
@@ -69,7 +70,7 @@ class Config:
     batch: int
     threads: int
     steps: int
-    kind: str = "train"  # or "predict"
+    kind: str = "train"  # or "predict", or "ceiling" (timed like "train", not a network)
     inputs: list = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -80,7 +81,7 @@ class Config:
     def run(self) -> float:
         """Seconds for `steps` calls; the system's threads are set before the clock."""
         self.system.activate()
-        call = self.system.train_step if self.kind == "train" else self.system.predict
+        call = self.system.predict if self.kind == "predict" else self.system.train_step
         inputs, n = self.inputs, len(self.inputs)
         start = time.perf_counter()
         for i in range(self.steps):
@@ -323,6 +324,14 @@ def build_configs(args, x, y, systems):
             f"naive NumPy loops: `fastcnn.naive` loop kernels, one sample per step, float64; "
             f"extrapolated from {per_repeat * args.repeats} training and "
             f"{infer_n * args.repeats} inference samples.")
+    if "ceiling" in systems and len(THREADS) > 1:
+        log("building the machine ceiling ...")
+        for t in THREADS:
+            system = CeilingSystem(t)
+            system.activate()
+            system.train_step(None, None)  # compile
+            train.append(Config(system, "ceiling", 1, t, 1 if quick else 10, kind="ceiling",
+                                inputs=[(None, None)]))
     return train, predict, notes
 
 
@@ -391,7 +400,16 @@ def table(rows: list[dict], markdown: bool) -> str:
                       *(fmt.format(*cells) for cells in body)])
 
 
-def summary(args, rows, train, predict, startup, notes, machine, vers, command) -> list[str]:
+def ceiling_speedup(ceiling: list) -> float | None:
+    """The ceiling kernel's speed-up from 1 thread to the most threads measured."""
+    by_threads = {c.threads: c.samples_per_s for c in ceiling}
+    if 1 not in by_threads or len(by_threads) < 2:
+        return None
+    return by_threads[max(by_threads)] / by_threads[1]
+
+
+def summary(args, rows, train, predict, startup, notes, machine, vers, command,
+            ceiling=()) -> list[str]:
     out = [f"vs fastcnn: training samples/s divided by fastcnn's at the same batch and "
            f"threads (> 1: faster than fastcnn); † against fastcnn at batch {REF_BATCH}."]
     out += [notes[k] for k in ("naive", "keras", "torch", "torch-malloc") if k in notes]
@@ -411,6 +429,13 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command) 
         parts.append("inference {:.2f}x".format(fast[("predict", PREDICT_BATCH, 2)]
                                                 / fast[("predict", PREDICT_BATCH, 1)]))
         out.append("fastcnn speed-up from 1 to 2 threads, training step: " + ", ".join(parts))
+    limit = ceiling_speedup(ceiling)
+    if limit is not None:
+        most = max(c.threads for c in ceiling)
+        out.append(f"Machine ceiling, in the same rotation: a compute-only Numba kernel with "
+                   f"equal, independent, cache-resident tasks runs {limit:.2f}x faster on "
+                   f"{most} threads than on 1 (about the most a second core could give any "
+                   f"code during this run).")
     naive = next((r for r in rows if r["system"].startswith("naive")), None)
     t = max(THREADS)
     if naive and ("train", REF_BATCH, t) in fast:
@@ -451,10 +476,11 @@ def main(argv=None) -> int:
         configs = [c for w in workers for c in w.configs]
         train = [c for c in configs if c.kind == "train"]
         predict = [c for c in configs if c.kind == "predict"]
+        ceiling = [c for c in configs if c.kind == "ceiling"]
         if not train:
             print("nothing to measure: " + "; ".join(notes.values()), file=sys.stderr)
             return 2
-        measure(train + predict, args.repeats)
+        measure(train + predict + ceiling, args.repeats)
     finally:
         for w in workers:
             w.close()
@@ -462,7 +488,8 @@ def main(argv=None) -> int:
     vers["numba_threading_layer"] = next(
         (w.info["threading_layer"] for w in workers if w.info["threading_layer"]), None)
     rows = make_rows(train, predict, args.batches)
-    lines = summary(args, rows, train, predict, startup, notes, machine, vers, command)
+    lines = summary(args, rows, train, predict, startup, notes, machine, vers, command,
+                    ceiling)
     if args.markdown:
         print(table(rows, True) + "\n\n" + "\n".join(f"- {line}" for line in lines))
     else:
@@ -473,6 +500,8 @@ def main(argv=None) -> int:
                   "settings": {"quick": args.quick, "repeats": args.repeats,
                                "epoch": EPOCH, "predict_batch": PREDICT_BATCH},
                   "startup": startup, "rows": rows, "notes": notes,
+                  "ceiling": {"speedup": ceiling_speedup(ceiling),
+                              "seconds": {c.threads: c.seconds for c in ceiling}},
                   "inference": [{"system": c.label, "threads": c.threads, "images": c.batch,
                                  "samples_per_s": c.samples_per_s, "seconds": c.seconds}
                                 for c in predict]}

@@ -252,6 +252,40 @@ class NaiveSystem:
         return np.concatenate([softmax(self._forward(x[n:n + 1])[1]) for n in range(len(x))])
 
 
+@numba.njit(parallel=True, fastmath=True)
+def _burn(buffers, rounds):
+    """Independent, equal, L1-resident multiply-add work per task: nothing shared, no
+    memory traffic, no imbalance. buffers: (tasks, n) float32, updated in place."""
+    for t in numba.prange(buffers.shape[0]):
+        row = buffers[t]
+        for _ in range(rounds):
+            for i in range(row.shape[0]):
+                row[i] = row[i] * np.float32(0.999) + np.float32(0.001)
+
+
+class CeilingSystem:
+    """Not a network: a compute-only Numba kernel with equal, independent tasks, timed in
+    the same rotation as the systems. Its speed-up from 1 to 2 threads is the most any
+    training step could gain from the second core at that moment on this machine."""
+
+    name = "ceiling"
+    TASKS, SIZE, ROUNDS = 64, 1024, 600  # ~20 ms per call on one core
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.buffers = np.ones((self.TASKS, self.SIZE), np.float32)
+
+    def activate(self) -> None:
+        numba.set_num_threads(self.threads)
+
+    def native(self, x: np.ndarray, y: np.ndarray):
+        return x, y
+
+    def train_step(self, x, y) -> float:
+        _burn(self.buffers, self.ROUNDS)
+        return 0.0
+
+
 # -- start-up / JIT compile time -------------------------------------------------------
 
 _STARTUP_SCRIPT = """
