@@ -8,7 +8,7 @@ would: a loss beyond its range is infinite, so training stops when the float32 n
 has diverged rather than some batches later.
 
 One pass instead of a dozen NumPy calls: inside a training step, with the caches full
-of activations, those calls took about 0.1 ms, four times their cost on their own.
+of activations, those calls took about 0.1 ms, 3-4 times their cost on their own.
 """
 
 import math
