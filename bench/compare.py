@@ -196,7 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
-    p.add_argument("--repeats", type=int, help="timed repeats per configuration (5; quick 2)")
+    p.add_argument("--repeats", type=int, help="timed repeats per configuration (9; quick 2)")
     p.add_argument("--naive-samples", type=int,
                    help="samples the naive loops train on, in all (300; quick 2)")
     p.add_argument("--no-startup", action="store_true",
@@ -216,7 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
-    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.repeats = args.repeats or (2 if args.quick else 9)
     args.naive_samples = args.naive_samples or (2 if args.quick else 300)
     if args.repeats < 1 or args.naive_samples < 1:
         p.error("--repeats and --naive-samples must be >= 1")
