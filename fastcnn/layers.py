@@ -76,6 +76,19 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def _as_built(a: object, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """True if `a` is a plain, writable, C-contiguous array of exactly this shape and dtype.
+
+    The layers then call the kernels with the geometry they worked out when built. Anything
+    else (a parameter someone replaced, a strided view, an empty batch) goes through
+    `fastcnn.functional`, whose checks copy what they can and name what they cannot: the
+    same results and the same errors, at 10-20 us more per call, which inside a training
+    step, with the caches full of activations, came to 3-4% of the step.
+    """
+    return (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype
+            and a.flags.c_contiguous and a.flags.writeable)
+
+
 def _activation(name: str | None) -> str | None:
     if name not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {name!r}")
@@ -128,12 +141,36 @@ class Conv2D(Layer):
             "weight": initialize(self.kernel_initializer, shape, fan_in, fan_out, rng, dtype),
             "bias": np.zeros(self.filters, dtype=dtype),
         }
+        # (pad_top, pad_left, out_h, out_w), and the largest array per sample a kernel
+        # allocates (output or padded input), for the fast path's size check.
+        self._geometry = F.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
+                                         self.stride, self.padding)
+        pad_top, pad_left, out_h, out_w = self._geometry
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        padded = (max(input_shape[1] + pad_top, (out_h - 1) * sh + kh)
+                  * (max(input_shape[2] + pad_left, (out_w - 1) * sw + kw) + kw))
+        self._sample_elements = max(self.filters * out_h * out_w,
+                                    max(input_shape[0], self.filters) * padded)
         return out
+
+    def _fast(self, x: np.ndarray) -> bool:
+        """x and the parameters are as built: the kernels may be called directly."""
+        return (_as_built(x, (len(x), *self.input_shape), self.dtype) and len(x) > 0
+                and len(x) * self._sample_elements <= F.MAX_ELEMENTS
+                and _as_built(self.params["weight"],
+                              (self.filters, self.input_shape[0], *self.kernel_size), self.dtype)
+                and _as_built(self.params["bias"], (self.filters,), self.dtype))
 
     def forward(self, x, training=True):
         self._check_input(x)
-        y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride, self.padding,
-                     relu=self.activation == "relu", backend=self.backend)
+        relu = self.activation == "relu"
+        if self._fast(x):
+            y = F.backend_module(self.backend).conv2d_forward(
+                x, self.params["weight"], self.params["bias"], *self.stride, *self._geometry,
+                relu).astype(self.dtype, copy=False)
+        else:
+            y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride,
+                         self.padding, relu=relu, backend=self.backend)
         if training:
             self._x, self._y, self._pooled, self._batch = x, y, None, len(x)
         return y
@@ -146,13 +183,21 @@ class Conv2D(Layer):
         """
         self._check_input(x)
         relu = self.activation == "relu"
-        if not training:
-            return F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"],
-                                       self.stride, self.padding, pool.pool_size, relu=relu,
-                                       backend=self.backend)
-        y, indices = F.conv2d_max_pool2d(x, self.params["weight"], self.params["bias"],
-                                         self.stride, self.padding, pool.pool_size, relu=relu,
-                                         return_indices=True, backend=self.backend)
+        weight, bias = self.params["weight"], self.params["bias"]
+        if self._fast(x):
+            impl = F.backend_module(self.backend)
+            args = (x, weight, bias, *self.stride, *self._geometry, relu, *pool.pool_size)
+            if not training:
+                return impl.conv2d_pool_forward(*args).astype(self.dtype, copy=False)
+            y, indices = impl.conv2d_pool_forward_with_indices(*args)
+            y = y.astype(self.dtype, copy=False)
+        elif not training:
+            return F.conv2d_max_pool2d(x, weight, bias, self.stride, self.padding,
+                                       pool.pool_size, relu=relu, backend=self.backend)
+        else:
+            y, indices = F.conv2d_max_pool2d(x, weight, bias, self.stride, self.padding,
+                                             pool.pool_size, relu=relu, return_indices=True,
+                                             backend=self.backend)
         self._x, self._y, self._pooled, self._batch = x, None, (pool, y, indices), len(x)
         # The pool's own backward has nothing to run on; backward_pooled stands in for it.
         pool._argmax, pool._batch = None, len(x)
@@ -172,10 +217,20 @@ class Conv2D(Layer):
                                "training pass: call backward_pooled with the pool's gradient")
         self._need_forward(self._y)
         self._check_dy(dy)
-        relu_output = self._y if self.activation == "relu" else None
-        dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
-                                       self.padding, relu_output=relu_output,
-                                       need_input_grad=need_input_grad, backend=self.backend)
+        relu = self.activation == "relu"
+        relu_output = self._y if relu else None
+        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
+                and isinstance(need_input_grad, bool):
+            dx, dw, db = F.backend_module(self.backend).conv2d_backward(
+                self._x, self.params["weight"], dy, self._y if relu else dy, relu,
+                *self.stride, *self._geometry[:2], need_input_grad)
+            dx = None if dx is None else dx.astype(self.dtype, copy=False)
+            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+        else:
+            dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
+                                           self.padding, relu_output=relu_output,
+                                           need_input_grad=need_input_grad,
+                                           backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -185,10 +240,20 @@ class Conv2D(Layer):
         self._need_forward(self._pooled)
         pool, y, indices = self._pooled
         pool._check_dy(dy)
-        dx, dw, db = F.conv2d_max_pool2d_backward(
-            self._x, self.params["weight"], dy, indices, self.stride, self.padding,
-            pool.pool_size, relu_output=y if self.activation == "relu" else None,
-            need_input_grad=need_input_grad, backend=self.backend)
+        relu = self.activation == "relu"
+        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
+                and isinstance(need_input_grad, bool):
+            # indices come from this layer's own forward kernel: each lies in its window.
+            dx, dw, db = F.backend_module(self.backend).conv2d_pool_backward(
+                self._x, self.params["weight"], dy, y if relu else dy, indices, relu,
+                *self.stride, *self._geometry, *pool.pool_size, need_input_grad)
+            dx = None if dx is None else dx.astype(self.dtype, copy=False)
+            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+        else:
+            dx, dw, db = F.conv2d_max_pool2d_backward(
+                self._x, self.params["weight"], dy, indices, self.stride, self.padding,
+                pool.pool_size, relu_output=y if relu else None,
+                need_input_grad=need_input_grad, backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -298,10 +363,24 @@ class Dense(Layer):
         }
         return out
 
+    def _fast(self, x: np.ndarray) -> bool:
+        """x and the parameters are as built: the kernels may be called directly."""
+        return (_as_built(x, (len(x), *self.input_shape), self.dtype) and len(x) > 0
+                and len(x) * max(self.units, self.input_shape[0]) <= F.MAX_ELEMENTS
+                and _as_built(self.params["weight"], (self.input_shape[0], self.units),
+                              self.dtype)
+                and _as_built(self.params["bias"], (self.units,), self.dtype))
+
     def forward(self, x, training=True):
         self._check_input(x)
-        y = F.dense(x, self.params["weight"], self.params["bias"],
-                    relu=self.activation == "relu", backend=self.backend)
+        relu = self.activation == "relu"
+        if self._fast(x):
+            y = F.backend_module(self.backend).dense_forward(
+                x, self.params["weight"], self.params["bias"], relu).astype(self.dtype,
+                                                                            copy=False)
+        else:
+            y = F.dense(x, self.params["weight"], self.params["bias"], relu=relu,
+                        backend=self.backend)
         if training:
             self._x, self._y, self._batch = x, y, len(x)
         return y
@@ -309,10 +388,19 @@ class Dense(Layer):
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
         self._check_dy(dy)
-        relu_output = self._y if self.activation == "relu" else None
-        dx, dw, db = F.dense_backward(self._x, self.params["weight"], dy,
-                                      relu_output=relu_output,
-                                      need_input_grad=need_input_grad, backend=self.backend)
+        relu = self.activation == "relu"
+        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
+                and isinstance(need_input_grad, bool):
+            dx, dw, db = F.backend_module(self.backend).dense_backward(
+                self._x, self.params["weight"], dy, self._y if relu else dy, relu,
+                need_input_grad)
+            dx = None if dx is None else dx.astype(self.dtype, copy=False)
+            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+        else:
+            dx, dw, db = F.dense_backward(self._x, self.params["weight"], dy,
+                                          relu_output=self._y if relu else None,
+                                          need_input_grad=need_input_grad,
+                                          backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 

@@ -221,6 +221,44 @@ def test_layers_refuse_wrong_dtype_and_bad_sizes():
         fc.Dense(3, kernel_initializer="zeros")
 
 
+def test_layers_checked_path_gives_the_same_bits_and_clear_errors():
+    """Layers call the kernels directly only while x and their parameters are as built;
+    anything else goes through fastcnn.functional: the same bits, or its clear errors."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 5)
+
+    def step(change=None):
+        model, xb = fc.seed_arch(1), x
+        if change == "fortran_weights":
+            for k in (0, 1, 4):
+                layer = model.layers[k]
+                layer.params["weight"] = np.asfortranarray(layer.params["weight"])
+        elif change == "readonly_x":
+            xb = x.copy()
+            xb.flags.writeable = False
+        elif change == "strided_x":
+            xb = np.repeat(x, 2, axis=-1)[..., ::2]
+        logits = model.forward(xb, training=True)
+        model.loss(logits, y)
+        dy = model.loss.backward()
+        model.backward(np.asfortranarray(dy) if change == "fortran_dy" else dy)
+        return [logits] + [g.copy() for g in model.gradients()]
+
+    want = step()
+    for change in ("fortran_weights", "readonly_x", "strided_x", "fortran_dy"):
+        for got, expected in zip(step(change), want, strict=True):
+            np.testing.assert_array_equal(got, expected, err_msg=change)
+    for k, name, value, exc, match in (
+            (4, "weight", np.zeros((1176, 100)), TypeError, "weight has dtype float64"),
+            (1, "weight", np.zeros((6, 5, 5, 5), np.float32), ValueError, "5 input channels"),
+            (0, "bias", np.zeros(7, np.float32), ValueError, "bias must have shape")):
+        model = fc.seed_arch(1)
+        model.layers[k].params[name] = value
+        with pytest.raises(exc, match=match):
+            model.forward(x)
+
+
 def test_inference_fuses_conv_and_pool_with_the_same_bits():
     import fastcnn as fc
 
