@@ -400,19 +400,15 @@ def table(rows: list[dict], markdown: bool) -> str:
                       *(fmt.format(*cells) for cells in body)])
 
 
-def ceiling_speedup(ceiling: list) -> float | None:
-    """The ceiling kernel's speed-up from 1 thread to the most threads measured."""
-    by_threads = {c.threads: c.samples_per_s for c in ceiling}
+def ceiling_speedup(ceiling: list) -> tuple[float, float, float] | None:
+    """The ceiling kernel's speed-up from 1 thread to the most threads measured: (from
+    the medians, the lowest and the highest within one repeat); None without both."""
+    by_threads = {c.threads: c for c in ceiling}
     if 1 not in by_threads or len(by_threads) < 2:
         return None
-    return by_threads[max(by_threads)] / by_threads[1]
-
-
-def ceiling_range(ceiling: list) -> tuple[float, float]:
-    """Lowest and highest speed-up of the ceiling kernel within one repeat."""
-    by_threads = {c.threads: c.seconds for c in ceiling}
-    ratios = [a / b for a, b in zip(by_threads[1], by_threads[max(by_threads)], strict=True)]
-    return min(ratios), max(ratios)
+    one, most = by_threads[1], by_threads[max(by_threads)]
+    ratios = [a / b for a, b in zip(one.seconds, most.seconds, strict=True)]
+    return most.samples_per_s / one.samples_per_s, min(ratios), max(ratios)
 
 
 def summary(args, rows, train, predict, startup, notes, machine, vers, command,
@@ -436,10 +432,10 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command,
         parts.append("inference {:.2f}x".format(fast[("predict", PREDICT_BATCH, 2)]
                                                 / fast[("predict", PREDICT_BATCH, 1)]))
         out.append("fastcnn speed-up from 1 to 2 threads, training step: " + ", ".join(parts))
-    limit = ceiling_speedup(ceiling)
-    if limit is not None:
+    check = ceiling_speedup(ceiling)
+    if check is not None:
+        limit, lo, hi = check
         most = max(c.threads for c in ceiling)
-        lo, hi = ceiling_range(ceiling)
         out.append(f"Machine check, in the same rotation: a compute-only Numba kernel with "
                    f"equal, independent, cache-resident tasks ran {limit:.2f}x faster on "
                    f"{most} threads than on 1 ({lo:.2f}-{hi:.2f}x from repeat to repeat): "
@@ -492,6 +488,7 @@ def main(argv=None) -> int:
     finally:
         for w in workers:
             w.close()
+    check = ceiling_speedup(ceiling)
     vers = versions()
     vers["numba_threading_layer"] = next(
         (w.info["threading_layer"] for w in workers if w.info["threading_layer"]), None)
@@ -508,9 +505,8 @@ def main(argv=None) -> int:
                   "settings": {"quick": args.quick, "repeats": args.repeats,
                                "epoch": EPOCH, "predict_batch": PREDICT_BATCH},
                   "startup": startup, "rows": rows, "notes": notes,
-                  "ceiling": {"speedup": ceiling_speedup(ceiling),
-                              "range": ceiling_range(ceiling) if ceiling_speedup(ceiling)
-                              else None,
+                  "ceiling": {"speedup": None if check is None else check[0],
+                              "range": None if check is None else check[1:],
                               "seconds": {c.threads: c.seconds for c in ceiling}},
                   "inference": [{"system": c.label, "threads": c.threads, "images": c.batch,
                                  "samples_per_s": c.samples_per_s, "seconds": c.seconds}

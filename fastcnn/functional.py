@@ -141,16 +141,31 @@ def conv_geometry(
     return pad_top, pad_left, out_h, out_w
 
 
-def _check_conv_budget(x_shape, weight_shape, stride, geo) -> None:
-    """Refuse geometry whose output or padded copies would be absurdly large."""
+def conv_buffer_shapes(x_shape, weight_shape, stride, geo):
+    """(output shape, padded input shape): the largest arrays a convolution kernel
+    allocates for x of x_shape (N, C, H, W)."""
     N, C, H, W = x_shape
     F, _, KH, KW = weight_shape
     pad_top, pad_left, out_h, out_w = geo
-    _check_budget((N, F, out_h, out_w), "the output")
     # The kernels pad x (and dy) into planes at least this large.
     hp = max(H + pad_top, (out_h - 1) * stride[0] + KH)
     wp = max(W + pad_left, (out_w - 1) * stride[1] + KW) + KW
-    _check_budget((N, max(C, F), hp, wp), "the padded input")
+    return (N, F, out_h, out_w), (N, max(C, F), hp, wp)
+
+
+def _check_conv_budget(x_shape, weight_shape, stride, geo) -> None:
+    """Refuse geometry whose output or padded copies would be absurdly large."""
+    output, padded = conv_buffer_shapes(x_shape, weight_shape, stride, geo)
+    _check_budget(output, "the output")
+    _check_budget(padded, "the padded input")
+
+
+def grads_in(dtype: np.dtype, dx: np.ndarray | None, dw: np.ndarray,
+             db: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """A backward kernel's (dx or None, dw, db) in the data dtype (the NumPy oracles
+    return float64)."""
+    return (None if dx is None else dx.astype(dtype, copy=False), dw.astype(dtype, copy=False),
+            db.astype(dtype, copy=False))
 
 
 def _check_layer_arrays(x, weight, bias, ndim, in_axis, out_axis, inputs):
@@ -299,9 +314,7 @@ def conv2d_max_pool2d_backward(
     dx, dw, db = impl.conv2d_pool_backward(
         x, weight, dy, dy if mask is None else mask, indices, mask is not None, sh, sw,
         pad_top, pad_left, out_h, out_w, ph, pw, need_input_grad)
-    if dx is not None:
-        dx = dx.astype(x.dtype, copy=False)
-    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+    return grads_in(x.dtype, dx, dw, db)
 
 
 def conv2d_backward(
@@ -332,9 +345,7 @@ def conv2d_backward(
     dx, dw, db = impl.conv2d_backward(
         x, weight, dy, dy if mask is None else mask, mask is not None, sh, sw, pad_top,
         pad_left, need_input_grad)
-    if dx is not None:
-        dx = dx.astype(x.dtype, copy=False)
-    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+    return grads_in(x.dtype, dx, dw, db)
 
 
 def max_pool2d(
@@ -427,9 +438,7 @@ def dense_backward(
     dy, mask = _check_output_grad(dy, relu_output, (x.shape[0], weight.shape[1]), x.dtype)
     dx, dw, db = impl.dense_backward(x, weight, dy, dy if mask is None else mask,
                                      mask is not None, need_input_grad)
-    if dx is not None:
-        dx = dx.astype(x.dtype, copy=False)
-    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+    return grads_in(x.dtype, dx, dw, db)
 
 
 def softmax_cross_entropy(

@@ -3,6 +3,8 @@ what the backward pass needs. Shapes exclude the batch axis unless stated."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import functional as F
@@ -65,6 +67,16 @@ class Layer:
         if dy.dtype != self.dtype:
             raise TypeError(f"{type(self).__name__}.backward expects {self.dtype} dy, "
                             f"got {dy.dtype}")
+
+    def _fast(self, x: np.ndarray) -> bool:
+        """Whether x and the parameters are as built, so that the kernels may be called
+        directly (never, for a layer without such a path)."""
+        return False
+
+    def _fast_backward(self, dy: np.ndarray, need_input_grad: object) -> bool:
+        """`_fast` for the saved input, with a plain dy and a plain bool flag."""
+        return (self._fast(self._x) and _as_built(dy, dy.shape, self.dtype)
+                and isinstance(need_input_grad, bool))
 
     def _need_forward(self, saved: object) -> None:
         if saved is None:
@@ -145,12 +157,8 @@ class Conv2D(Layer):
         # allocates (output or padded input), for the fast path's size check.
         self._geometry = F.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
                                          self.stride, self.padding)
-        pad_top, pad_left, out_h, out_w = self._geometry
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        padded = (max(input_shape[1] + pad_top, (out_h - 1) * sh + kh)
-                  * (max(input_shape[2] + pad_left, (out_w - 1) * sw + kw) + kw))
-        self._sample_elements = max(self.filters * out_h * out_w,
-                                    max(input_shape[0], self.filters) * padded)
+        buffers = F.conv_buffer_shapes((1, *input_shape), shape, self.stride, self._geometry)
+        self._sample_elements = max(math.prod(b) for b in buffers)
         return out
 
     def _fast(self, x: np.ndarray) -> bool:
@@ -219,13 +227,11 @@ class Conv2D(Layer):
         self._check_dy(dy)
         relu = self.activation == "relu"
         relu_output = self._y if relu else None
-        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
-                and isinstance(need_input_grad, bool):
+        if self._fast_backward(dy, need_input_grad):
             dx, dw, db = F.backend_module(self.backend).conv2d_backward(
                 self._x, self.params["weight"], dy, self._y if relu else dy, relu,
                 *self.stride, *self._geometry[:2], need_input_grad)
-            dx = None if dx is None else dx.astype(self.dtype, copy=False)
-            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
         else:
             dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
                                            self.padding, relu_output=relu_output,
@@ -241,14 +247,12 @@ class Conv2D(Layer):
         pool, y, indices = self._pooled
         pool._check_dy(dy)
         relu = self.activation == "relu"
-        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
-                and isinstance(need_input_grad, bool):
+        if self._fast_backward(dy, need_input_grad):
             # indices come from this layer's own forward kernel: each lies in its window.
             dx, dw, db = F.backend_module(self.backend).conv2d_pool_backward(
                 self._x, self.params["weight"], dy, y if relu else dy, indices, relu,
                 *self.stride, *self._geometry, *pool.pool_size, need_input_grad)
-            dx = None if dx is None else dx.astype(self.dtype, copy=False)
-            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
         else:
             dx, dw, db = F.conv2d_max_pool2d_backward(
                 self._x, self.params["weight"], dy, indices, self.stride, self.padding,
@@ -389,13 +393,11 @@ class Dense(Layer):
         self._need_forward(self._x)
         self._check_dy(dy)
         relu = self.activation == "relu"
-        if self._fast(self._x) and _as_built(dy, dy.shape, self.dtype) \
-                and isinstance(need_input_grad, bool):
+        if self._fast_backward(dy, need_input_grad):
             dx, dw, db = F.backend_module(self.backend).dense_backward(
                 self._x, self.params["weight"], dy, self._y if relu else dy, relu,
                 need_input_grad)
-            dx = None if dx is None else dx.astype(self.dtype, copy=False)
-            dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
+            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
         else:
             dx, dw, db = F.dense_backward(self._x, self.params["weight"], dy,
                                           relu_output=self._y if relu else None,
