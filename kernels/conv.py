@@ -11,7 +11,9 @@ result never depends on the number of threads.
 """
 
 import numpy as np
+from llvmlite.binding import get_host_cpu_features
 from numba import prange, uint8, uint64
+from numba.core import config
 
 from . import pool
 from ._jit import jit
@@ -23,6 +25,26 @@ GRAD_CHUNK = 8
 FORWARD_CHUNK = 4
 
 _FASTMATH = {"reassoc", "contract"}
+
+
+def _vector_registers_are_wide():
+    """True where the code Numba generates may use AVX-512's 32 vector registers."""
+    features = config.CPU_FEATURES
+    if features is None and config.CPU_NAME is None:
+        return bool(get_host_cpu_features().get("avx512f", False))
+    return "+avx512f" in (features or "")
+
+
+# Filters per pass of the weight gradient's tap loop, which keeps five accumulators per
+# filter in vector registers. Three (15 accumulators) fit in AVX-512's 32 and ran 6-8%
+# faster than pairs; in AVX2's 16 they spill to the stack, and pairs ran that loop 1.5x
+# and a whole SEED-ARCH training step ~10% faster (Zen 3). LLVM may then split the
+# sums differently, so the last bits can differ between the two kinds of CPU, as they
+# already do between vector widths; on one machine they never depend on the thread
+# count. (The forward and input-gradient loops keep three per pass: pairs were ~5%
+# slower there even on AVX2.) A kernel argument, not a global it reads, so one cached
+# kernel serves both.
+DOT_FILTERS = 3 if _vector_registers_are_wide() else 2
 
 
 @jit(inline="always")
@@ -629,7 +651,8 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
 
 @jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
-                        in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad):
+                        in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
+                        dot_filters):
     """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
     dy: (N, F, out_h, OW), taken as zero where use_mask and mask (same shape) <= 0 (the
@@ -641,6 +664,8 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fl
     weight_flipped: weight[:, :, :, ::-1] (F, C, KH, KW), contiguous, read only when
     input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not input_grad), dw:
     (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
+
+    dot_filters (2 or 3): filters per pass of the weight gradient (`DOT_FILTERS`).
 
     One task per fixed chunk of GRAD_CHUNK samples. Per sample it pads x and masks dy
     into buffers of its own, once for every filter and channel; dy gets pitch Wp and a
@@ -682,11 +707,11 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fl
                     for p in range(L):
                         s += d[p]
                     db_parts[k, f] += s
-                # Three filters per pass (then a pair, or one) share the five source
-                # loads of a kernel row.
+                # dot_filters filters per pass (then fewer) share the five source loads
+                # of a kernel row.
                 f0 = 0
                 while f0 < F:
-                    nf = min(3, F - f0)
+                    nf = min(dot_filters, F - f0)
                     for c in range(C):
                         for ki in range(KH):
                             src = xp[c, ki * Wp:]
@@ -851,7 +876,7 @@ def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, 
     flipped = _flipped(weight) if input_grad else weight
     dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
                                      in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
-                                     input_grad)
+                                     input_grad, DOT_FILTERS)
     return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
 
