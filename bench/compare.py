@@ -43,6 +43,7 @@ from harness import (
     startup_time,
     versions,
 )
+from llvmlite.binding import get_host_cpu_features, get_host_cpu_name
 
 EPOCH = 60_000
 PREDICT_BATCH = 1000
@@ -242,7 +243,12 @@ def machine_info() -> dict:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+    # The kernels' speed depends on the vector width Numba compiles for.
+    features = get_host_cpu_features()
+    vectors = ("AVX-512" if features.get("avx512f") else
+               "AVX2" if features.get("avx2") else "no AVX2")
+    return {"cpu": cpu, "llvm_cpu": get_host_cpu_name(), "vectors": vectors,
+            "logical_cores": os.cpu_count(), "usable_cores": usable,
             "numba_threads": CORES, "platform": platform.platform(), "load_1min": load}
 
 
@@ -452,7 +458,8 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command,
                f"{' (quick: 3 steps, numbers are noise)' if args.quick else ''}, after "
                f"untimed warm-up; inference repeats call predict on {PREDICT_BATCH} images.")
     load = machine["load_1min"]
-    out.append(f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
+    out.append(f"Machine: {machine['cpu']} (LLVM: {machine['llvm_cpu']}, {machine['vectors']}), "
+               f"{machine['logical_cores']} logical cores "
                f"({machine['usable_cores']} usable), {machine['platform']}"
                + ("." if load is None else f"; load average before the run {load:.2f}."))
     out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()
