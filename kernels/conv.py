@@ -42,8 +42,8 @@ def _vector_registers_are_wide():
 # sums differently, so the last bits can differ between the two kinds of CPU, as they
 # already do between vector widths; on one machine they never depend on the thread
 # count. (The forward and input-gradient loops keep three per pass: pairs were ~5%
-# slower there even on AVX2.) A kernel argument, not a global it reads, so one cached
-# kernel serves both.
+# slower there even on AVX2.) Passed to the kernel as an argument, not read as a global
+# (which Numba would freeze into the cached code), so tests can run every choice.
 DOT_FILTERS = 3 if _vector_registers_are_wide() else 2
 
 
