@@ -665,7 +665,7 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fl
     input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not input_grad), dw:
     (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
 
-    dot_filters (2 or 3): filters per pass of the weight gradient (`DOT_FILTERS`).
+    dot_filters (1 to 3): filters per pass of the weight gradient (`DOT_FILTERS`).
 
     One task per fixed chunk of GRAD_CHUNK samples. Per sample it pads x and masks dy
     into buffers of its own, once for every filter and channel; dy gets pitch Wp and a
