@@ -597,6 +597,55 @@ def _pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
                 w[i * PW + j] = where
 
 
+@jit(inline="always", fastmath=_FASTMATH)
+def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
+                     want_window, y, window, t):
+    """Samples t * FORWARD_CHUNK ... of the stride-1 forward kernels, into y and window."""
+    N, C, _, _ = x.shape
+    F, _, KH, KW = weight.shape
+    L = out_h * Wp
+    pooled = pool_h > 1 or pool_w > 1 or want_window
+    xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
+    acc = np.empty((3, L), dtype=x.dtype)
+    no_window = np.empty((1, 1), dtype=np.uint8)  # stands in when not want_window
+    for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
+        for c in range(C):
+            _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
+        for f0 in range(0, F, 3):
+            nf = min(3, F - f0)
+            for k in range(nf):
+                b = bias[f0 + k]
+                for p in range(L):
+                    acc[k, p] = b
+            for c in range(C):
+                for ki in range(KH):
+                    src = xp[c, ki * Wp:]
+                    if nf == 3:
+                        _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
+                                   weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
+                    else:
+                        for k in range(nf):
+                            _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
+            for k in range(nf):
+                if pooled:
+                    win = window[n, f0 + k] if want_window else no_window
+                    _pool_rows(y[n, f0 + k], win, acc[k], Wp, relu, pool_h, pool_w,
+                               want_window)
+                else:
+                    _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
+
+
+@jit(inline="always")
+def _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window):
+    """(y, window), empty, for the stride-1 forward kernels."""
+    N = x.shape[0]
+    F = weight.shape[0]
+    y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
+    window = np.empty((N if want_window else 0, F, out_h // pool_h, out_w // pool_w),
+                      dtype=np.uint8)
+    return y, window
+
+
 @jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
                        pool_w, want_window):
@@ -610,43 +659,112 @@ def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w,
     (flat planes of pitch Wp), allocated once per task, which stay in cache; three
     filters share every load of the input.
     """
-    N, C, _, _ = x.shape
-    F, _, KH, KW = weight.shape
-    L = out_h * Wp
-    pooled = pool_h > 1 or pool_w > 1 or want_window
-    y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
-    window = np.empty((N if want_window else 0, F, out_h // pool_h, out_w // pool_w),
-                      dtype=np.uint8)
-    for t in prange((N + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
-        xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
-        acc = np.empty((3, L), dtype=x.dtype)
-        no_window = np.empty((1, 1), dtype=np.uint8)  # stands in when not want_window
-        for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
+    y, window = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window)
+    for t in prange((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
+        _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
+                         want_window, y, window, t)
+    return y, window
+
+
+@jit(fastmath=_FASTMATH)
+def _conv2d_forward_s1_serial(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              pool_h, pool_w, want_window):
+    """_conv2d_forward_s1 on the calling thread, task by task: the same bits, without
+    waking the thread pool for a batch that makes one task."""
+    y, window = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window)
+    for t in range((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
+        _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
+                         want_window, y, window, t)
+    return y, window
+
+
+@jit(inline="always", fastmath=_FASTMATH)
+def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h, in_w,
+                      pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad, dot_filters,
+                      dx, dw_parts, db_parts, k):
+    """Chunk k (samples k * GRAD_CHUNK ...) of the stride-1 backward kernels: its input
+    gradients into dx, its weight and bias gradients into dw_parts[k] and db_parts[k]."""
+    N, F, _, _ = dy.shape
+    _, C, KH, KW = weight_flipped.shape
+    pooled = pool_h * pool_w > 1
+    margin = (KH - 1) * Wp + KW - 1
+    L = out_h * Wp  # weight gradient: one pass over dy's rows
+    Lin = in_h * Wp  # input gradient: one pass over dx's rows
+    q0 = pad_top * Wp
+    xp = np.empty((C if weight_grad else 0, Hp * Wp + KW), dtype=dy.dtype)
+    dz = np.empty((F, margin + Hp * Wp), dtype=dy.dtype)
+    acc = np.empty((3, Lin if input_grad else 0), dtype=dy.dtype)
+    scratch = np.zeros(1, dtype=dy.dtype)  # the data dtype for in-plane partial sums
+    offsets = _window_offsets(pool_h, pool_w, Wp)
+    dw = dw_parts[k]
+    for n in range(k * GRAD_CHUNK, min(N, (k + 1) * GRAD_CHUNK)):
+        for f in range(F):
+            if pooled:
+                _unpool_plane(dz[f], dy[n, f], mask[n, f], use_mask, window[n, f],
+                              offsets, margin, Wp, pool_h, pool_w)
+            else:
+                _flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
+        if weight_grad:
             for c in range(C):
                 _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
-            for f0 in range(0, F, 3):
-                nf = min(3, F - f0)
-                for k in range(nf):
-                    b = bias[f0 + k]
-                    for p in range(L):
-                        acc[k, p] = b
+            for f in range(F):
+                s = scratch[0]
+                d = dz[f, margin:]
+                for p in range(L):
+                    s += d[p]
+                db_parts[k, f] += s
+            # dot_filters filters per pass (then fewer) share the five source loads
+            # of a kernel row.
+            f0 = 0
+            while f0 < F:
+                nf = min(dot_filters, F - f0)
                 for c in range(C):
                     for ki in range(KH):
                         src = xp[c, ki * Wp:]
                         if nf == 3:
-                            _add_taps3(acc[0], acc[1], acc[2], src, weight[f0, c, ki],
-                                       weight[f0 + 1, c, ki], weight[f0 + 2, c, ki], L)
+                            _dot_taps3(dw[f0, c, ki], dw[f0 + 1, c, ki], dw[f0 + 2, c, ki],
+                                       dz[f0, margin:], dz[f0 + 1, margin:],
+                                       dz[f0 + 2, margin:], src, L, scratch)
+                        elif nf == 2:
+                            _dot_taps2(dw[f0, c, ki], dw[f0 + 1, c, ki], dz[f0, margin:],
+                                       dz[f0 + 1, margin:], src, L, scratch)
                         else:
-                            for k in range(nf):
-                                _add_taps(acc[k], src, weight[f0 + k, c, ki], L)
-                for k in range(nf):
-                    if pooled:
-                        win = window[n, f0 + k] if want_window else no_window
-                        _pool_rows(y[n, f0 + k], win, acc[k], Wp, relu, pool_h, pool_w,
-                                   want_window)
-                    else:
-                        _crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
-    return y, window
+                            _dot_taps(dw[f0, c, ki], dz[f0, margin:], src, L, scratch)
+                f0 += nf
+        if input_grad:
+            # dx[q] gathers dy[q - ki * Wp - kj]: a correlation with the flipped kernel
+            # rows, three input channels per pass sharing each load of dy.
+            for c0 in range(0, C, 3):
+                nc = min(3, C - c0)
+                for j in range(nc):
+                    for p in range(Lin):
+                        acc[j, p] = 0
+                for f in range(F):
+                    for ki in range(KH):
+                        src = dz[f, margin + q0 - ki * Wp - (KW - 1):]
+                        if nc == 3:
+                            _add_taps3(acc[0], acc[1], acc[2], src,
+                                       weight_flipped[f, c0, ki],
+                                       weight_flipped[f, c0 + 1, ki],
+                                       weight_flipped[f, c0 + 2, ki], Lin)
+                        else:
+                            for j in range(nc):
+                                _add_taps(acc[j], src, weight_flipped[f, c0 + j, ki], Lin)
+                for j in range(nc):
+                    _crop_rows(dx[n, c0 + j], acc[j], pad_left, Wp, False)
+
+
+@jit(inline="always")
+def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad):
+    """(dx, dw_parts, db_parts), dx empty and the partial sums zero, for the stride-1
+    backward kernels."""
+    N, F, _, _ = dy.shape
+    _, C, KH, KW = weight_flipped.shape
+    chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
+    dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
+    db_parts = np.zeros((chunks, F))
+    dx = np.empty((N if input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
+    return dx, dw_parts, db_parts
 
 
 @jit(parallel=True, fastmath=_FASTMATH)
@@ -673,79 +791,25 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fl
     sums its own weight gradient and the chunks are added in order at the end, so every
     bit of the result is the same for any thread count.
     """
-    N, F, _, _ = dy.shape
-    _, C, KH, KW = weight_flipped.shape
-    pooled = pool_h * pool_w > 1
-    margin = (KH - 1) * Wp + KW - 1
-    L = out_h * Wp  # weight gradient: one pass over dy's rows
-    Lin = in_h * Wp  # input gradient: one pass over dx's rows
-    q0 = pad_top * Wp
-    chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
-    dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
-    db_parts = np.zeros((chunks, F))
-    dx = np.empty((N if input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
-    for k in prange(chunks):
-        xp = np.empty((C if weight_grad else 0, Hp * Wp + KW), dtype=dy.dtype)
-        dz = np.empty((F, margin + Hp * Wp), dtype=dy.dtype)
-        acc = np.empty((3, Lin if input_grad else 0), dtype=dy.dtype)
-        scratch = np.zeros(1, dtype=dy.dtype)  # the data dtype for in-plane partial sums
-        offsets = _window_offsets(pool_h, pool_w, Wp)
-        dw = dw_parts[k]
-        for n in range(k * GRAD_CHUNK, min(N, (k + 1) * GRAD_CHUNK)):
-            for f in range(F):
-                if pooled:
-                    _unpool_plane(dz[f], dy[n, f], mask[n, f], use_mask, window[n, f],
-                                  offsets, margin, Wp, pool_h, pool_w)
-                else:
-                    _flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
-            if weight_grad:
-                for c in range(C):
-                    _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
-                for f in range(F):
-                    s = scratch[0]
-                    d = dz[f, margin:]
-                    for p in range(L):
-                        s += d[p]
-                    db_parts[k, f] += s
-                # dot_filters filters per pass (then fewer) share the five source loads
-                # of a kernel row.
-                f0 = 0
-                while f0 < F:
-                    nf = min(dot_filters, F - f0)
-                    for c in range(C):
-                        for ki in range(KH):
-                            src = xp[c, ki * Wp:]
-                            if nf == 3:
-                                _dot_taps3(dw[f0, c, ki], dw[f0 + 1, c, ki], dw[f0 + 2, c, ki],
-                                           dz[f0, margin:], dz[f0 + 1, margin:],
-                                           dz[f0 + 2, margin:], src, L, scratch)
-                            elif nf == 2:
-                                _dot_taps2(dw[f0, c, ki], dw[f0 + 1, c, ki], dz[f0, margin:],
-                                           dz[f0 + 1, margin:], src, L, scratch)
-                            else:
-                                _dot_taps(dw[f0, c, ki], dz[f0, margin:], src, L, scratch)
-                    f0 += nf
-            if input_grad:
-                # dx[q] gathers dy[q - ki * Wp - kj]: a correlation with the flipped kernel
-                # rows, three input channels per pass sharing each load of dy.
-                for c0 in range(0, C, 3):
-                    nc = min(3, C - c0)
-                    for j in range(nc):
-                        for p in range(Lin):
-                            acc[j, p] = 0
-                    for f in range(F):
-                        for ki in range(KH):
-                            src = dz[f, margin + q0 - ki * Wp - (KW - 1):]
-                            if nc == 3:
-                                _add_taps3(acc[0], acc[1], acc[2], src,
-                                           weight_flipped[f, c0, ki],
-                                           weight_flipped[f, c0 + 1, ki],
-                                           weight_flipped[f, c0 + 2, ki], Lin)
-                            else:
-                                for j in range(nc):
-                                    _add_taps(acc[j], src, weight_flipped[f, c0 + j, ki], Lin)
-                    for j in range(nc):
-                        _crop_rows(dx[n, c0 + j], acc[j], pad_left, Wp, False)
+    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad)
+    for k in prange(dw_parts.shape[0]):
+        _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
+                          in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
+                          dot_filters, dx, dw_parts, db_parts, k)
+    return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
+
+
+@jit(fastmath=_FASTMATH)
+def _conv2d_backward_s1_serial(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped,
+                               in_h, in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
+                               input_grad, dot_filters):
+    """_conv2d_backward_s1 on the calling thread, chunk by chunk: the same bits, without
+    waking the thread pool for a batch that makes one chunk."""
+    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad)
+    for k in range(dw_parts.shape[0]):
+        _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
+                          in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
+                          dot_filters, dx, dw_parts, db_parts, k)
     return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
 
 
@@ -780,6 +844,12 @@ def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
     return max(H + pad_top, out_h + KH - 1), max(W + pad_left, out_w + KW - 1)
 
 
+def _forward_s1(x):
+    """The stride-1 forward kernel for x: a batch that makes one task runs on the calling
+    thread (nothing to split)."""
+    return _conv2d_forward_s1_serial if len(x) <= FORWARD_CHUNK else _conv2d_forward_s1
+
+
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
     """y = conv(x, weight) + bias, optionally followed by ReLU.
 
@@ -792,8 +862,8 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              1, 1, False)[0]
+    return _forward_s1(x)(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, 1, 1,
+                          False)[0]
 
 
 def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
@@ -807,8 +877,8 @@ def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, ou
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              pool_h, pool_w, want_window)
+    return _forward_s1(x)(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
+                          pool_w, want_window)
 
 
 def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
@@ -874,9 +944,10 @@ def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, 
     Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
     # Only the input gradient reads the (flipped) weight; otherwise just its shape.
     flipped = _flipped(weight) if input_grad else weight
-    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
-                                     in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
-                                     input_grad, DOT_FILTERS)
+    # A batch that makes one chunk runs on the calling thread: nothing to split.
+    kernel = _conv2d_backward_s1_serial if len(dy) <= GRAD_CHUNK else _conv2d_backward_s1
+    dx, dw, db = kernel(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h, in_w, pad_top,
+                        pad_left, Hp, Wp, out_h, weight_grad, input_grad, DOT_FILTERS)
     return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
 

@@ -279,6 +279,34 @@ def test_conv2d_backward_across_sample_chunks(batch, rng):
     assert_close32(db, rdb, mag_db)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool", [1, 2])
+def test_serial_twins_give_the_parallel_kernels_bits(dtype, pool, rng):
+    """Small batches run the stride-1 kernels' serial twins: every sample and every
+    gradient must have the bits the thread-pool kernels give it inside a large batch."""
+    x = rng.standard_normal((21, 3, 12, 10)).astype(dtype)
+    wt = rng.standard_normal((5, 3, 5, 3)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    pt, pl, oh, ow = geo = functional.conv_geometry(12, 10, (5, 3), (1, 1), "same")
+    Hp, Wp = conv_kernels._s1_geometry(12, 10, oh, ow, 5, 3, pt, pl)
+    forward_args = (wt, b, pt, pl, Hp, Wp, oh, ow, True, pool, pool, pool > 1)
+    y, window = conv_kernels._conv2d_forward_s1(x, *forward_args)
+    for n in range(len(x)):  # one sample at a time, as the serial twin runs it
+        y1, w1 = conv_kernels._conv2d_forward_s1_serial(x[n:n + 1], *forward_args)
+        np.testing.assert_array_equal(y1[0], y[n])
+        np.testing.assert_array_equal(w1, window[n:n + 1] if pool > 1 else w1)
+    assert np.array_equal(kernels.conv2d_forward(x[:4], wt, b, 1, 1, *geo, True),
+                          kernels.conv2d_forward(x, wt, b, 1, 1, *geo, True)[:4])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    flipped = conv_kernels._flipped(wt)
+    backward_args = (dy, y, True, window if pool > 1 else conv_kernels._NO_WINDOW, pool, pool,
+                     flipped, 12, 10, pt, pl, Hp, Wp, oh, True, True, conv_kernels.DOT_FILTERS)
+    parallel = conv_kernels._conv2d_backward_s1(x, *backward_args)
+    serial = conv_kernels._conv2d_backward_s1_serial(x, *backward_args)
+    for got, want in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("group", [1, 2, 3])
 @pytest.mark.parametrize("filters,kernel", [(1, 5), (2, 4), (3, 5), (5, 3), (6, 5), (7, 2)])
 def test_weight_gradient_matches_oracle_for_any_filters_per_pass(group, filters, kernel, rng,
