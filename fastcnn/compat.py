@@ -1,92 +1,76 @@
-"""Drop-in, faster layers for code written against the classic from-scratch NumPy CNN.
+"""Drop-in, faster layers for the tutorial notebook ``cnn-from-scratch.ipynb``.
 
-Change ``from cnn import ConvLayer, ReLU, ...`` to ``from fastcnn.compat import ...``
-and the same per-sample code runs on fastcnn's Numba kernels. Constructors,
-attributes (``kernels``, ``bias``, ``weights``, ``biases``), ``np.random``
-initialisation, float64 results and the SGD updates match the tutorial.
+Change the notebook's class definitions to one import,
+``from fastcnn.compat import ConvLayer, ReLU, MaxPool, FeedForward, Softmax, SimpleCNN``,
+and its model cell runs unchanged on fastcnn's Numba kernels: the same class names,
+constructor signatures and defaults, attribute names (``d``, ``h``, ``w``,
+``kernels``, ``bias``, ``prev_input``, ``output``, ``size``, ``weights``,
+``prev_totals``, ``ConvLayer_1`` ... ``OutputLayer``), methods and return values,
+printed lines, float64 arithmetic, and the same ``np.random`` draws in the same
+order, so ``np.random.seed(s)`` gives the same initial weights and training
+trajectory (``tests/test_compat.py`` checks it against a literal replica).
 
-Deliberate differences, all at the edges: inputs of the wrong shape or dtype
-raise ValueError/TypeError up front; even kernel sizes are rejected (they cannot
-give 'same' output); softmax subtracts the max logit, so huge logits give
-probabilities instead of NaN; ``Softmax.backprop`` with an all-zero gradient
-returns zeros instead of None. Additions: ``SimpleCNN.train`` returns per-epoch
-records (loss, seconds, dev scores) and accepts ``devset=None``; ``predict``
-takes the class count or the class names.
+Deliberate differences, only where the original crashes or returns garbage:
+
+- Inputs or gradients of the wrong shape or dtype, parameters reassigned with
+  another shape, ``backprop`` before ``forward``, labels that are not integers
+  >= 0, and train/dev sets without as many labels as images raise ValueError,
+  TypeError or RuntimeError up front. The original crashes somewhere inside, or
+  silently crops a larger image.
+- Even kernel sizes are refused: the original pads them asymmetrically and its
+  input gradient is then one pixel off.
+- ``Softmax`` subtracts the largest logit when ``exp`` would overflow, so huge
+  logits give probabilities and gradients instead of NaN (otherwise the same bits),
+  and ``Softmax.forward`` flattens an input of ``input_len`` values of any shape.
+- ``SimpleCNN.train`` accepts ``devset=None`` (no evaluation) and labels as lists,
+  and sizes the loss gradient to the output layer (the original's has 10 entries).
+- ``avg_f1_score`` with no class that has both precision and recall returns NaN
+  without NumPy's empty-mean warning.
 """
 
-# The tutorial draws from the global np.random state; users' np.random.seed must work.
+# The notebook draws from the global np.random state; users' np.random.seed must work.
 # ruff: noqa: NPY002
 
 from __future__ import annotations
 
-import inspect
-import time
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .kernels import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
-from .kernels.compat import dense_sgd_update, maxpool_backward_ties, maxpool_forward
-from .metrics import accuracy, macro_f1
+from .kernels import conv2d_backward, conv2d_forward
+from .kernels.compat import (
+    dense_backward_sgd,
+    dense_forward,
+    dense_forward_batch,
+    dense_sgd_update,
+    maxpool_backward_ties,
+    maxpool_forward,
+    maxpool_forward_batch,
+    softmax_backward,
+    softmax_forward,
+    softmax_forward_batch,
+)
+from .threads import one_blas_thread
 
-__all__ = [
-    "ConvLayer",
-    "FeedForward",
-    "MaxPool",
-    "ReLU",
-    "SimpleCNN",
-    "Softmax",
-    "preprocess",
-    "seed_arch_layers",
-]
+__all__ = ["ConvLayer", "FeedForward", "MaxPool", "ReLU", "SimpleCNN", "Softmax", "preprocess"]
 
 _F64 = np.dtype(np.float64)
 _REAL_KINDS = "biuf"
+_PREDICT_BATCH = 32  # images per batch in predict: activations stay in cache
 
 
-def _serial(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a (parallel) kernel on one Numba thread.
-
-    A batch of one gives prange nothing to split, and the other threads' wake-up
-    and barrier cost more than the work; on a busy machine, milliseconds.
-    """
-    prev = numba.get_num_threads()
-    if prev == 1:
-        return fn(*args)
-    numba.set_num_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        numba.set_num_threads(prev)
-
-
-@contextmanager
-def _one_thread_each():
-    """One Numba thread and one BLAS thread for a whole per-sample loop."""
-    prev = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        numba.set_num_threads(prev)
-
-
-def _as_array(x: object, who: str) -> np.ndarray:
+def _real(x: object, who: str) -> np.ndarray:
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in _REAL_KINDS:
         raise TypeError(f"{who} needs real numbers, got dtype {a.dtype}")
     return a
 
 
-def _checked(x: object, shape: tuple[int, ...], who: str) -> np.ndarray:
+def _f64(x: object, shape: tuple[int, ...], who: str) -> np.ndarray:
     """``x`` as a C-contiguous float64 array of exactly ``shape`` (no copy if it is one)."""
-    a = _as_array(x, who)
+    a = _real(x, who)
     if a.shape != shape:
         raise ValueError(f"{who} expects shape {shape}, got {a.shape}")
     if a.dtype != _F64 or not a.flags.c_contiguous:
@@ -95,12 +79,10 @@ def _checked(x: object, shape: tuple[int, ...], who: str) -> np.ndarray:
 
 
 def _param(a: object, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A public parameter in the form the kernels need; they do no bounds checks."""
+    """A public parameter checked before a kernel reads it (kernels do no bounds checks)."""
     if not isinstance(a, np.ndarray) or a.shape != shape:
         raise ValueError(f"{name} must be an array of shape {shape}, got {getattr(a, 'shape', a)}")
-    if a.dtype != _F64 or not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a, dtype=_F64)
-    return a
+    return _f64(a, shape, name)
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -109,24 +91,47 @@ def _positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def _flat(x: object, size: int, who: str) -> np.ndarray:
+    """A flat float64 copy or view of an input of ``size`` values."""
+    a = _real(x, who)
+    if a.size != size:
+        raise ValueError(f"{who} expects {size} values (shape ({size},) or any reshape of "
+                         f"it), got shape {a.shape}")
+    return np.ascontiguousarray(a.reshape(-1), dtype=_F64)
+
+
+def _updatable(w: object, shape: tuple[int, int]) -> bool:
+    """Whether a kernel can update ``w`` in place: a writeable C-contiguous float64 array."""
+    return (isinstance(w, np.ndarray) and w.shape == shape and w.dtype == _F64
+            and w.flags.c_contiguous and w.flags.writeable)
+
+
 def _sgd_outer(w: np.ndarray, x: np.ndarray, g: np.ndarray, learn_rate: float) -> None:
     """w -= learn_rate * outer(x, g), fused when w is a float64 array the kernel can take."""
     if w.shape != (x.size, g.size):
         raise ValueError(f"weights must have shape {(x.size, g.size)}, got {w.shape}")
-    if w.dtype == _F64 and w.flags.c_contiguous and w.flags.writeable:
+    if _updatable(w, w.shape):
         dense_sgd_update(w, x, g, float(learn_rate))
     else:
         w -= learn_rate * (x[:, None] @ g[None])
 
 
+def _dense_params(layer: FeedForward | Softmax) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, bias) of a dense layer in the form the kernels read."""
+    weights = layer.weights
+    if not isinstance(weights, np.ndarray) or weights.ndim != 2:
+        raise ValueError(f"weights must be a 2-D array, got {getattr(weights, 'shape', weights)}")
+    w = _param(weights, weights.shape, "weights")
+    return w, _param(layer.bias, (w.shape[1],), "bias")
+
+
 class ConvLayer:
     """'Same' 2-D convolution (stride 1) with an untied bias, over one (depth, h, w) image.
 
-    ``padding`` is the constant the border is padded with (``kernel_size // 2`` wide).
-    Kernels: (num_kernels, depth, k, k); bias: (num_kernels, h, w).
+    The input is padded with the constant ``padding``, ``kernel_size // 2`` wide.
+    ``h`` and ``w`` are the padded height and width; kernels: (num_kernels, d, k, k);
+    bias: (num_kernels, height, width).
     """
-
-    _takes_learn_rate = True
 
     def __init__(
         self,
@@ -142,126 +147,156 @@ class ConvLayer:
         k = _positive_int(kernel_size, "kernel_size")
         if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd for 'same' output, got {k}")
+        num_kernels = _positive_int(num_kernels, "num_kernels")
+        if not np.isfinite(_real(padding, "padding")).all() or np.ndim(padding) != 0:
+            raise ValueError(f"padding must be one finite number, got {padding!r}")
+        self.d = depth
+        self.h = height + k - 1
+        self.w = width + k - 1
         self.input_shape = (depth, height, width)
-        self.kernel_size = k
-        self.num_kernels = _positive_int(num_kernels, "num_kernels")
         self.padding = padding
-        self.pad = k // 2
-        self.output_shape = (self.num_kernels, height, width)
+        self.num_kernels = num_kernels
+        self.kernel_size = k
+        self.pad_size = k // 2
+        self.kernel_shape = (num_kernels, depth, k, k)
+        self.bias_shape = (num_kernels, height, width)
+        # The notebook's draws, in its order, so np.random.seed reproduces its weights.
+        self.kernels = np.random.randn(*self.kernel_shape) / (k * k)
+        self.bias = np.random.randn(*self.bias_shape) / (self.h * self.w)
         # Private copies of the geometry: the kernels trust it, and the public
         # attributes above can be reassigned by user code.
         self._in_shape = self.input_shape
-        self._out_shape = self.output_shape
-        self._k, self._p = k, k // 2
-        self._padded_shape = (1, depth, height + 2 * self._p, width + 2 * self._p)
-        self._kernels_shape = (self.num_kernels, depth, k, k)
-        # Same draws, in the same order, as the tutorial, so np.random.seed reproduces it.
-        self.kernels = np.random.randn(*self._kernels_shape) / (k * k)
-        self.bias = np.random.randn(*self.output_shape) / (
-            self._padded_shape[2] * self._padded_shape[3]
-        )
-        self._zero_bias = np.zeros(self.num_kernels)
-        self._xp: np.ndarray | None = None
-        self.last_input: np.ndarray | None = None
+        self._kernel_shape = self.kernel_shape
+        self._bias_shape = self.bias_shape
+        self._padded_shape = (depth, self.h, self.w)
+        self._k = k
+        self._zero_bias = np.zeros(num_kernels)
+        self._padded: np.ndarray | None = None
+
+    def iter_regions(self, image: np.ndarray) -> Iterator[tuple[np.ndarray, int, int]]:
+        """Yield every (region, i, j): the kernel_size x kernel_size windows of a padded image."""
+        k = self.kernel_size
+        for i in range(self.h - k + 1):
+            for j in range(self.w - k + 1):
+                yield image[:, i:i + k, j:j + k], i, j
 
     def forward(self, input: np.ndarray) -> np.ndarray:
-        """(depth, h, w) image -> (num_kernels, h, w) feature maps."""
-        x = _as_array(input, "ConvLayer.forward")
+        """(d, height, width) image -> (num_kernels, height, width) feature maps."""
+        x = _real(input, "ConvLayer.forward")
         if x.shape != self._in_shape:
             raise ValueError(f"ConvLayer.forward expects shape {self._in_shape}, got {x.shape}")
+        padded = self._pad(x[None])
+        self.prev_input = self._padded = padded[0]
+        self.output = self._convolve(padded)[0]
+        return self.output
+
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        """(N, d, height, width) -> (N, d, h, w), the border filled with ``padding``."""
+        p = self._k // 2
+        padded = np.full((len(x), *self._padded_shape), float(self.padding))
+        padded[:, :, p:p + x.shape[2], p:p + x.shape[3]] = x
+        return padded
+
+    def _convolve(self, padded: np.ndarray) -> np.ndarray:
+        """bias + the correlation of padded (N, d, h, w) images: (N, num_kernels, H, W)."""
+        w = _param(self.kernels, self._kernel_shape, "kernels")
+        b = _param(self.bias, self._bias_shape, "bias")
         _, height, width = self._in_shape
-        p = self._p
-        # Pad here, not in the kernel: the weight gradient must see the same constant.
-        if self.padding == 0:
-            xp = np.zeros(self._padded_shape)
-        else:
-            xp = np.full(self._padded_shape, self.padding, dtype=_F64)
-        xp[0, :, p : p + height, p : p + width] = x
-        self._xp = xp
-        self.last_input = xp[0]
-        w = _param(self.kernels, self._kernels_shape, "kernels")
-        y = _serial(conv2d_forward, xp, w, self._zero_bias, 1, 1, 0, 0, height, width, False)[0]
-        y += self.bias
+        y = conv2d_forward(padded, w, self._zero_bias, 1, 1, 0, 0, height, width, False)
+        y += b
         return y
 
     def backprop(self, d_L_d_out: np.ndarray, learn_rate: float) -> np.ndarray:
-        """SGD-update kernels and bias in place; return dL/dinput (depth, h, w)."""
+        """SGD-update kernels and bias in place; return dL/dinput (d, height, width)."""
         return self._backprop(d_L_d_out, learn_rate, True)
 
     def _backprop(
-        self, d_L_d_out: np.ndarray, learn_rate: float, need_input_grad: bool
+        self, d_L_d_out: np.ndarray, learn_rate: float, input_grad: bool
     ) -> np.ndarray | None:
-        if self._xp is None:
+        if self._padded is None:
             raise RuntimeError("ConvLayer.backprop called before forward")
-        dy = _checked(d_L_d_out, self._out_shape, "ConvLayer.backprop")[None]
-        w = _param(self.kernels, self._kernels_shape, "kernels")
+        dy = _f64(d_L_d_out, self._bias_shape, "ConvLayer.backprop")[None]
+        w = _param(self.kernels, self._kernel_shape, "kernels")
         _, height, width = self._in_shape
-        k, p = self._k, self._p
-        dx = None
-        if need_input_grad:
-            # Before the update: the tutorial uses the old kernels for dL/dinput.
-            dx = _serial(conv2d_backward_input, dy, w, height, width, 1, 1, p, p)[0]
-        dw, _ = _serial(conv2d_backward_weight, self._xp, dy, k, k, 1, 1, 0, 0)
-        self.kernels -= learn_rate * dw
+        p = self._k // 2
+        if self.padding == 0:
+            # The kernel pads with zeros itself, and then computes dx for the input only.
+            x, pad, crop = np.ascontiguousarray(self._padded[:, p:p + height, p:p + width]), p, 0
+        else:
+            # dx is the padded input's: its interior is the input's gradient.
+            x, pad, crop = self._padded, 0, p
+        # One pass for both gradients, the input's with the kernels from before the
+        # update, as the notebook does.
+        dx, dw, _ = conv2d_backward(x[None], w, dy, dy, False, 1, 1, pad, pad, input_grad)
         self.bias -= learn_rate * dy[0]
-        return dx
+        self.kernels -= learn_rate * dw
+        if not input_grad:
+            return None
+        return np.ascontiguousarray(dx[0, :, crop:crop + height, crop:crop + width])
 
 
 class ReLU:
     """max(0, x), elementwise, any shape."""
 
-    _takes_learn_rate = False
-
     def __init__(self) -> None:
-        self.last_input: np.ndarray | None = None
+        pass
 
     def forward(self, input: np.ndarray) -> np.ndarray:
-        """max(0, input)."""
-        x = _as_array(input, "ReLU.forward")
-        self.last_input = x
-        return np.maximum(0, x)
+        """max(0, input), kept as ``prev_output``."""
+        self.prev_output = np.maximum(0, _real(input, "ReLU.forward"))
+        return self.prev_output
 
     def backprop(self, d_L_d_out: np.ndarray) -> np.ndarray:
-        """The gradient where the input was positive, 0 elsewhere."""
-        if self.last_input is None:
+        """The gradient where the output was positive, 0 elsewhere."""
+        if not hasattr(self, "prev_output"):
             raise RuntimeError("ReLU.backprop called before forward")
-        d = _as_array(d_L_d_out, "ReLU.backprop")
-        if d.shape != self.last_input.shape:
-            raise ValueError(f"ReLU.backprop expects shape {self.last_input.shape}, got {d.shape}")
-        return d * (self.last_input > 0)
+        d = _real(d_L_d_out, "ReLU.backprop")
+        if d.shape != self.prev_output.shape:
+            raise ValueError(f"ReLU.backprop expects shape {self.prev_output.shape}, "
+                             f"got {d.shape}")
+        positive = self.prev_output > 0
+        # For floats, a product with the mask has the bits of one with np.int64(mask).
+        return d * positive if d.dtype.kind == "f" else d * np.int64(positive)
 
 
 class MaxPool:
-    """Non-overlapping max pooling over (depth, h, w); on ties every maximum gets the gradient."""
+    """Non-overlapping ``size`` x ``size`` max pooling over (depth, h, w); ragged edges dropped.
 
-    _takes_learn_rate = False
+    On ties every maximum gets the gradient.
+    """
 
     def __init__(self, pool_size: int = 2) -> None:
-        self.pool_size = _positive_int(pool_size, "pool_size")
-        self.last_input: np.ndarray | None = None
-        self._out_shape: tuple[int, int, int] | None = None
+        self.size = _positive_int(pool_size, "pool_size")
+        self._x: np.ndarray | None = None
+
+    def iter_regions(self, image: np.ndarray) -> Iterator[tuple[np.ndarray, int, int]]:
+        """Yield every (region, i, j): the pooling windows of a (depth, h, w) image."""
+        s = self.size
+        _, h, w = image.shape
+        for i in range(h // s):
+            for j in range(w // s):
+                yield image[:, i * s:i * s + s, j * s:j * s + s], i, j
 
     def forward(self, input: np.ndarray) -> np.ndarray:
-        """(depth, h, w) -> (depth, h // pool_size, w // pool_size)."""
-        x = _as_array(input, "MaxPool.forward")
-        s = self.pool_size
+        """(depth, h, w) -> (depth, h // size, w // size), float64."""
+        x = _real(input, "MaxPool.forward")
+        s = _positive_int(self.size, "MaxPool.size")
         if x.ndim != 3 or x.shape[1] < s or x.shape[2] < s:
-            raise ValueError(
-                f"MaxPool.forward expects shape (depth, h, w) with h, w >= {s}, got {x.shape}"
-            )
-        if x.dtype != _F64 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=_F64)
-        self.last_input = x
-        y = maxpool_forward(x, s)
-        self._out_shape = y.shape
-        return y
+            raise ValueError(f"MaxPool.forward expects shape (depth, h, w) with h, w >= {s}, "
+                             f"got {x.shape}")
+        self.prev_input = input
+        self._x = np.ascontiguousarray(x, dtype=_F64)
+        self._size = s
+        return maxpool_forward(self._x, s)
 
     def backprop(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """dL/dinput (depth, h, w); recomputes each window's max from the saved input."""
-        if self.last_input is None:
+        if self._x is None:
             raise RuntimeError("MaxPool.backprop called before forward")
-        d = _checked(d_L_d_out, self._out_shape, "MaxPool.backprop")
-        return maxpool_backward_ties(self.last_input, d, self.pool_size)
+        c, h, w = self._x.shape
+        s = self._size
+        d = _f64(d_L_d_out, (c, h // s, w // s), "MaxPool.backprop")
+        return maxpool_backward_ties(self._x, d, s)
 
 
 class FeedForward:
@@ -270,143 +305,219 @@ class FeedForward:
     weights: (input_size, output_size); bias: (output_size,).
     """
 
-    _takes_learn_rate = True
-
     def __init__(self, input_size: int, output_size: int) -> None:
         n_in = _positive_int(input_size, "input_size")
         n_out = _positive_int(output_size, "output_size")
         self.weights = np.random.randn(n_in, n_out) / n_in
         self.bias = np.random.randn(n_out) / n_out
-        self.last_input: np.ndarray | None = None
-        self.last_input_shape: tuple[int, ...] | None = None
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Flattened input @ weights + bias."""
-        self.last_input_shape, self.last_input = _flat_input(
-            input, self.weights.shape[0], "FeedForward.forward"
-        )
-        return self.last_input @ self.weights + self.bias
+        w, b = _dense_params(self)
+        self.prev_input_shape = np.shape(input)
+        self.prev_input = _flat(input, w.shape[0], "FeedForward.forward")
+        self.output = dense_forward(self.prev_input, w) + b
+        return self.output
 
     def backprop(self, d_L_d_out: np.ndarray, learn_rate: float) -> np.ndarray:
         """SGD-update weights and bias; return dL/dinput in the input's shape."""
-        if self.last_input is None:
+        if not hasattr(self, "prev_input"):
             raise RuntimeError("FeedForward.backprop called before forward")
-        d = _checked(d_L_d_out, (self.weights.shape[1],), "FeedForward.backprop")
-        d_L_d_input = self.weights @ d
-        _sgd_outer(self.weights, self.last_input, d, learn_rate)
+        w = self.weights
+        d = _f64(d_L_d_out, (w.shape[1],), "FeedForward.backprop")
+        x = self.prev_input
+        if _updatable(w, (x.size, d.size)):
+            d_L_d_input = dense_backward_sgd(w, x, d, float(learn_rate))
+        else:
+            d_L_d_input = w @ d
+            _sgd_outer(w, x, d, learn_rate)
         self.bias -= learn_rate * d
-        return d_L_d_input.reshape(self.last_input_shape)
-
-
-def _flat_input(x: object, size: int, who: str) -> tuple[tuple[int, ...], np.ndarray]:
-    """(original shape, flat float64 view or copy) of an input of ``size`` elements."""
-    a = _as_array(x, who)
-    if a.size != size:
-        raise ValueError(f"{who} expects {size} values (shape ({size},) or any reshape of it), "
-                         f"got shape {a.shape}")
-    flat = a.reshape(-1)
-    if flat.dtype != _F64 or not flat.flags.c_contiguous:
-        flat = np.ascontiguousarray(flat, dtype=_F64)
-    return a.shape, flat
+        return d_L_d_input.reshape(self.prev_input_shape)
 
 
 class Softmax:
-    """Fully connected layer + softmax; flattens its input and returns probabilities.
+    """Fully connected layer + softmax: probabilities (nodes,) of input @ weights + bias.
 
-    weights: (input_len, nodes); biases: (nodes,).
+    weights: (input_len, nodes); bias: (nodes,).
     """
-
-    _takes_learn_rate = True
 
     def __init__(self, input_len: int, nodes: int) -> None:
         n_in = _positive_int(input_len, "input_len")
         n_out = _positive_int(nodes, "nodes")
         self.weights = np.random.randn(n_in, n_out) / n_in
-        self.biases = np.random.randn(n_out) / n_out
-        self.last_input: np.ndarray | None = None
-        self.last_input_shape: tuple[int, ...] | None = None
-        self.last_totals: np.ndarray | None = None
+        self.bias = np.random.randn(n_out) / n_out
 
     def forward(self, input: np.ndarray) -> np.ndarray:
-        """Probabilities (nodes,) of softmax(flattened input @ weights + biases)."""
-        self.last_input_shape, self.last_input = _flat_input(
-            input, self.weights.shape[0], "Softmax.forward"
-        )
-        totals = self.last_input @ self.weights + self.biases
-        self.last_totals = totals
-        e = np.exp(totals - totals.max())
-        return e / e.sum()
+        """Probabilities of softmax(input @ weights + bias); keeps the totals as ``prev_totals``."""
+        w, b = _dense_params(self)
+        flat = _flat(input, w.shape[0], "Softmax.forward")
+        totals, probs = softmax_forward(flat, w, b)
+        self.prev_input_shape = np.shape(input)
+        self.prev_input = input
+        self.prev_totals = totals
+        self._flat = flat
+        return probs
 
-    def backprop(self, d_L_d_out: np.ndarray, learn_rate: float) -> np.ndarray:
-        """Backpropagate the gradient at its first non-zero entry (the true class).
+    def backprop(self, d_L_d_out: np.ndarray, learn_rate: float) -> np.ndarray | None:
+        """Backpropagate the gradient's first non-zero entry (the true class's) only.
 
-        SGD-updates weights and biases; returns dL/dinput in the input's shape.
+        SGD-updates weights and bias; returns dL/dinput in the input's shape, or None
+        for an all-zero gradient, as the notebook does.
         """
-        if self.last_totals is None:
+        if not hasattr(self, "prev_totals"):
             raise RuntimeError("Softmax.backprop called before forward")
-        d = _checked(d_L_d_out, (self.weights.shape[1],), "Softmax.backprop")
-        nonzero = np.flatnonzero(d)
-        if nonzero.size == 0:
-            return np.zeros(self.last_input_shape)
-        i = nonzero[0]
-        # The tutorial's formula; the shift by the max cancels in every ratio.
-        t_exp = np.exp(self.last_totals - self.last_totals.max())
-        S = t_exp.sum()
-        d_out_d_t = -t_exp[i] * t_exp / (S * S)
-        d_out_d_t[i] = t_exp[i] * (S - t_exp[i]) / (S * S)
-        d_L_d_t = d[i] * d_out_d_t
-        d_L_d_inputs = self.weights @ d_L_d_t
-        _sgd_outer(self.weights, self.last_input, d_L_d_t, learn_rate)
-        self.biases -= learn_rate * d_L_d_t
-        return d_L_d_inputs.reshape(self.last_input_shape)
+        w, _ = _dense_params(self)
+        n_in, n_out = w.shape
+        d = _f64(d_L_d_out, (n_out,), "Softmax.backprop")
+        totals = _f64(self.prev_totals, (n_out,), "Softmax.prev_totals")
+        if self._flat.shape != (n_in,):
+            raise ValueError(f"weights changed shape since forward: now {w.shape}")
+        d_L_d_t, d_L_d_inputs = softmax_backward(totals, w, d)
+        if d_L_d_t.size == 0:
+            return None
+        _sgd_outer(self.weights, self._flat, d_L_d_t, learn_rate)
+        self.bias -= learn_rate * d_L_d_t
+        return d_L_d_inputs.reshape(self.prev_input_shape)
 
 
-_TAKES_LR: dict[type, bool] = {}
+def preprocess(data: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N, 1, H, W); channels-last RGB (N, H, W, 3) -> (N, 3, H, W); else as is.
+
+    Views, no copies, in the input's dtype.
+    """
+    a = np.asarray(data)
+    if a.ndim == 3:
+        return a[:, np.newaxis, :, :]
+    if a.ndim == 4 and a.shape[3] == 3:
+        return np.moveaxis(a, -1, 1)
+    return a
 
 
-def _takes_learn_rate(layer: object) -> bool:
-    """Whether ``layer.backprop`` wants a learning rate (also for the tutorial's own layers)."""
-    cls = type(layer)
-    known = getattr(cls, "_takes_learn_rate", None)
-    if known is not None:
-        return known
-    if cls not in _TAKES_LR:
-        params = inspect.signature(layer.backprop).parameters.values()
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        _TAKES_LR[cls] = len(positional) >= 2
-    return _TAKES_LR[cls]
-
-
-def _num_classes(classes: int | Sequence[object]) -> int:
-    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
-        return int(classes)
-    return len(classes)
+def _labels(labels: object, count: int, who: str) -> np.ndarray:
+    a = np.asarray(labels)
+    if a.shape != (count,):
+        raise ValueError(f"{who} needs one label per image ({count}), got shape {a.shape}")
+    if count and (a.dtype.kind not in "iu" or a.min() < 0):
+        raise ValueError(f"{who} must be integer class indices >= 0, got dtype {a.dtype}"
+                         + (f", min {a.min()}" if a.dtype.kind in "iu" else ""))
+    return a
 
 
 class SimpleCNN:
-    """The tutorial's per-sample network: a list of layers trained with SGD, one image at a time."""
+    """The notebook's network of eight layers, trained with per-sample SGD.
 
-    def __init__(self, layers: list[Any]) -> None:
-        self.layers = layers
+    Input -> Conv -> ReLU -> Conv -> ReLU -> MaxPool -> FeedForward -> ReLU -> Softmax.
+    """
+
+    def __init__(self, ConvLayer_1: Any, ReLU_1: Any, ConvLayer_2: Any, ReLU_2: Any,
+                 MaxPool: Any, FeedForward: Any, ReLU_3: Any, Output: Any) -> None:
+        self.ConvLayer_1 = ConvLayer_1
+        self.ReLU_1 = ReLU_1
+        self.ConvLayer_2 = ConvLayer_2
+        self.ReLU_2 = ReLU_2
+        self.MaxPool = MaxPool
+        self.FeedForward = FeedForward
+        self.ReLU_3 = ReLU_3
+        self.OutputLayer = Output
+
+    def preprocess(self, data: np.ndarray) -> np.ndarray:
+        """Images to (N, channels, H, W): see :func:`preprocess`."""
+        return preprocess(data)
 
     def forward(self, image: np.ndarray) -> np.ndarray:
-        """Scale a raw 0..255 image to image / 255 - 0.5 and run every layer."""
-        out = np.asarray(image) / 255 - 0.5
-        for layer in self.layers:
-            out = layer.forward(out)
-        return out
+        """Scale a raw 0..255 image to image / 255 - 0.5 and run the eight layers."""
+        out = _real(image, "SimpleCNN.forward") / 255 - 0.5
+        out = self.ConvLayer_1.forward(out)
+        out = self.ReLU_1.forward(out)
+        out = self.ConvLayer_2.forward(out)
+        out = self.ReLU_2.forward(out)
+        out = self.MaxPool.forward(out)
+        out = self.FeedForward.forward(out)
+        out = self.ReLU_3.forward(out)
+        return self.OutputLayer.forward(out)
 
-    def backprop(self, gradient: np.ndarray, learn_rate: float) -> None:
-        """Backpropagate ``gradient`` through the layers, updating them with SGD."""
-        last = len(self.layers) - 1
-        for idx, layer in enumerate(reversed(self.layers)):
-            if idx == last and type(layer) is ConvLayer:
-                # Nobody reads the first layer's input gradient: skip computing it.
-                layer._backprop(gradient, learn_rate, False)
-            elif _takes_learn_rate(layer):
-                gradient = layer.backprop(gradient, learn_rate)
-            else:
-                gradient = layer.backprop(gradient)
+    def backprop(self, gradient: np.ndarray, learn_rate: float) -> np.ndarray:
+        """Backpropagate through the eight layers in reverse, updating them with SGD.
+
+        Returns the gradient with respect to the (scaled) input image.
+        """
+        return self._backprop(gradient, learn_rate, True)
+
+    def _backprop(self, gradient: np.ndarray, learn_rate: float, input_grad: bool) -> Any:
+        g = self.OutputLayer.backprop(gradient, learn_rate)
+        g = self.ReLU_3.backprop(g)
+        g = self.FeedForward.backprop(g, learn_rate)
+        g = self.MaxPool.backprop(g)
+        g = self.ReLU_2.backprop(g)
+        g = self.ConvLayer_2.backprop(g, learn_rate)
+        g = self.ReLU_1.backprop(g)
+        if not input_grad and type(self.ConvLayer_1) is ConvLayer:
+            # Training never reads the image's gradient: skip computing it.
+            return self.ConvLayer_1._backprop(g, learn_rate, False)
+        return self.ConvLayer_1.backprop(g, learn_rate)
+
+    def avg_f1_score(
+        self, predicted_labels: Sequence[Any], true_labels: Sequence[Any], classes: Sequence[Any]
+    ) -> float:
+        """Mean F1 over the classes whose precision and recall are both non-zero.
+
+        The other classes are left out of the mean, not counted as 0 (the notebook's rule).
+        """
+        predicted, actual = np.asarray(predicted_labels), np.asarray(true_labels)
+        scores = []
+        for c in classes:
+            is_p, is_t = predicted == c, actual == c
+            hits = np.count_nonzero(is_p & is_t)
+            n_p, n_t = np.count_nonzero(is_p), np.count_nonzero(is_t)
+            precision = hits / n_p if n_p else 0
+            recall = hits / n_t if n_t else 0
+            if precision and recall:
+                scores.append(2 * (precision * recall) / (precision + recall))
+        return np.mean(scores) if scores else np.float64(np.nan)
+
+    def predict(
+        self, dataset: np.ndarray, true_labels: Sequence[Any], classes: Sequence[Any]
+    ) -> tuple[float, float]:
+        """(accuracy, avg_f1_score) of the argmax predictions over preprocessed images."""
+        if len(dataset) == 0 or len(dataset) != len(true_labels):
+            raise ValueError(f"predict needs as many labels as images (and at least one), got "
+                             f"{len(dataset)} images and {len(true_labels)} labels")
+        with one_blas_thread():
+            preds = self._batched_predictions(dataset)
+            if preds is None:
+                preds = np.array([np.argmax(self.forward(im)) for im in dataset])
+        accuracy = np.float64(np.count_nonzero(preds == np.asarray(true_labels)) / len(preds))
+        return accuracy, self.avg_f1_score(preds, true_labels, classes)
+
+    def _batched_predictions(self, dataset: object) -> np.ndarray | None:
+        """argmax(forward(image)) for every image, computed in batches on all threads.
+
+        Each sample runs through the same kernels as in forward, with the same bits.
+        None (use forward per image) unless the eight layers are exactly fastcnn's and
+        forward is SimpleCNN's own.
+        """
+        layers = (self.ConvLayer_1, self.ReLU_1, self.ConvLayer_2, self.ReLU_2, self.MaxPool,
+                  self.FeedForward, self.ReLU_3, self.OutputLayer)
+        kinds = (ConvLayer, ReLU, ConvLayer, ReLU, MaxPool, FeedForward, ReLU, Softmax)
+        if (type(self).forward is not SimpleCNN.forward
+                or any(type(a) is not b for a, b in zip(layers, kinds, strict=True))
+                or not isinstance(dataset, np.ndarray) or dataset.ndim != 4):
+            return None
+        conv1, _, conv2, _, pool, dense, _, output = layers
+        self.forward(dataset[0])  # checks every layer against the images' shape
+        preds = np.empty(len(dataset), dtype=np.int64)
+        for start in range(0, len(dataset), _PREDICT_BATCH):
+            x = _real(dataset[start:start + _PREDICT_BATCH], "dataset") / 255 - 0.5
+            x = np.maximum(0, conv1._convolve(conv1._pad(x)))
+            x = np.maximum(0, conv2._convolve(conv2._pad(x)))
+            x = maxpool_forward_batch(x, pool._size)
+            w, b = _dense_params(dense)
+            x = np.maximum(0, dense_forward_batch(x.reshape(len(x), -1), w) + b)
+            _, probs = softmax_forward_batch(x, *_dense_params(output))
+            preds[start:start + len(x)] = np.argmax(probs, axis=1)
+        # Leave every layer's saved state as forward on each image in turn would.
+        self.forward(dataset[-1])
+        return preds
 
     def train(
         self,
@@ -414,78 +525,36 @@ class SimpleCNN:
         trainlabels: np.ndarray,
         devset: np.ndarray | None,
         devlabels: np.ndarray | None,
-        epochs: int,
-        learn_rate: float,
-    ) -> list[dict[str, float]]:
+        classes: Sequence[Any] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],  # noqa: B006 (the notebook's)
+        epochs: int = 3,
+        learn_rate: float = 0.005,
+    ) -> None:
         """Per-sample SGD on cross-entropy; prints the loss and dev scores each epoch.
 
-        Returns one record per epoch (loss, seconds, dev accuracy and macro F1).
+        One permutation, drawn before the first epoch, orders every epoch.
         """
-        trainset = np.asarray(trainset)
-        trainlabels = np.asarray(trainlabels)
-        if len(trainset) == 0 or len(trainset) != len(trainlabels):
-            raise ValueError(
-                f"need as many labels as images (and at least one), got {len(trainset)} "
-                f"images and {len(trainlabels)} labels"
-            )
-        history: list[dict[str, float]] = []
-        num_outputs = 0
-        with _one_thread_each():
-            for epoch in range(epochs):
-                start = time.perf_counter()
-                permutation = np.random.permutation(len(trainset))
-                train_data = trainset[permutation]
-                train_labels = trainlabels[permutation]
-                loss = 0.0
-                samples = tqdm(zip(train_data, train_labels, strict=True), total=len(train_data),
-                               desc=f"Epoch {epoch + 1}/{epochs}", leave=False)
-                for im, label in samples:
-                    out = self.forward(im)
-                    p = out[label]
-                    loss += -np.log(p)
+        trainset = self.preprocess(trainset)
+        train_labels = _labels(trainlabels, len(trainset), "trainlabels")
+        if len(trainset) == 0:
+            raise ValueError("trainset holds no images")
+        if devset is not None:
+            devset = self.preprocess(devset)
+            _labels(devlabels, len(devset), "devlabels")
+        permutation = np.random.permutation(len(trainset))
+        train_data, train_labels = trainset[permutation], train_labels[permutation]
+        print("Training...")
+        for epoch in range(int(epochs)):
+            losses = np.empty(len(train_data))
+            with one_blas_thread():
+                samples = tqdm(zip(train_data, train_labels, strict=True), total=len(train_data))
+                for n, (image, label) in enumerate(samples):
+                    out = self.forward(image)
+                    losses[n] = -np.log(out[label])
                     gradient = np.zeros(len(out))
-                    gradient[label] = -1 / p
-                    self.backprop(gradient, learn_rate)
-                    num_outputs = len(out)
-                seconds = time.perf_counter() - start
-                record = {"epoch": epoch + 1, "loss": float(loss / len(train_data)),
-                          "seconds": seconds}
-                print(f"Epoch {epoch + 1}: average loss {record['loss']:.4f} ({seconds:.1f} s)")
-                if devset is not None and devlabels is not None:
-                    acc, f1 = self.predict(devset, devlabels, num_outputs)
-                    record.update(dev_accuracy=acc, dev_macro_f1=f1)
-                    print(f"Epoch {epoch + 1}: dev accuracy {acc:.4f}, macro F1 {f1:.4f}")
-                history.append(record)
-        return history
-
-    def predict(
-        self, dataset: np.ndarray, labels: np.ndarray, classes: int | Sequence[object]
-    ) -> tuple[float, float]:
-        """(accuracy, macro F1) of the argmax predictions; ``classes``: a count or the names."""
-        with _one_thread_each():
-            preds = np.fromiter((np.argmax(self.forward(im)) for im in dataset),
-                                dtype=np.int64, count=len(dataset))
-        labels = np.asarray(labels)
-        return accuracy(labels, preds), macro_f1(labels, preds, _num_classes(classes))
-
-
-def preprocess(data: np.ndarray) -> np.ndarray:
-    """(N, h, w) images -> (N, 1, h, w), a view with the same dtype."""
-    a = np.asarray(data)
-    if a.ndim != 3:
-        raise ValueError(f"preprocess expects images of shape (N, height, width), got {a.shape}")
-    return a[:, np.newaxis]
-
-
-def seed_arch_layers() -> list[Any]:
-    """The tutorial's SEED-ARCH stack for 1x28x28 images and 10 classes."""
-    return [
-        ConvLayer((1, 28, 28), 5, 6),
-        ReLU(),
-        ConvLayer((6, 28, 28), 5, 6),
-        ReLU(),
-        MaxPool(2),
-        FeedForward(1176, 100),
-        ReLU(),
-        Softmax(100, 10),
-    ]
+                    gradient[label] = -1 / out[label]
+                    self._backprop(gradient, learn_rate, False)
+            print(f"Epoch {epoch + 1}, loss: {np.mean(losses):.3f}")
+            if devset is not None:
+                print("Evaluating dev...")
+                acc, f1 = self.predict(devset, devlabels, classes)
+                print(f"Dev Accuracy: {acc:.3f}, Dev F1 Score: {f1:.3f}")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 _blas_limit = None
+_controller: ThreadpoolController | None = None
 _malloc_tuned = False
 
 # glibc mallopt parameters (malloc.h).
@@ -58,3 +61,17 @@ def set_threads(n: int | None) -> int:
     _blas_limit = threadpool_limits(limits=1, user_api="blas")
     keep_freed_memory()
     return n
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block, as it was after.
+
+    The loaded libraries are looked up once (about a millisecond each time otherwise,
+    which a call on one sample cannot afford); then a limit costs tens of microseconds.
+    """
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield

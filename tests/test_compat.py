@@ -1,6 +1,6 @@
-"""fastcnn.compat against a plain NumPy replica of the per-sample tutorial classes."""
+"""fastcnn.compat against a literal NumPy replica of the tutorial notebook's classes."""
 
-# Seeding the global np.random state is the point: compat must follow it like the tutorial.
+# Seeding the global np.random state is the point: compat must follow it like the notebook.
 # ruff: noqa: NPY002
 
 import numpy as np
@@ -9,16 +9,62 @@ import pytest
 
 from fastcnn import compat as C
 from fastcnn.data import load_dataset
-from fastcnn.metrics import accuracy, macro_f1
 
 RTOL = 1e-6
 LR = 0.005
+LAYERS = ("ConvLayer_1", "ReLU_1", "ConvLayer_2", "ReLU_2", "MaxPool", "FeedForward", "ReLU_3",
+          "OutputLayer")
+PARAMS = ("kernels", "bias", "weights")
 
 
 @pytest.fixture(scope="module")
-def sample():
-    images, labels = load_dataset("sample", "train")
-    return C.preprocess(images), labels
+def fashion():
+    """Real Fashion-MNIST images as the notebook has them: raw uint8 (N, 28, 28), int64 labels."""
+    train_x, train_y = load_dataset("sample", "train")
+    test_x, test_y = load_dataset("sample", "test")
+    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
+
+
+def notebook_model(ConvLayer, ReLU, MaxPool, FeedForward, Softmax, SimpleCNN):
+    """The notebook's model cell, word for word, with the classes passed in."""
+    model = SimpleCNN(
+            ConvLayer(input_shape=(1, 28, 28), kernel_size=5, num_kernels=6, padding=0),
+            ReLU(),
+            ConvLayer(input_shape=(6, 28, 28), kernel_size=5, num_kernels=6, padding=0),
+            ReLU(),
+            MaxPool(),
+            FeedForward(6 * 14 * 14, 100),
+            ReLU(),
+            Softmax(100, 10)
+    )
+    return model
+
+
+def build(mod, seed, make=None):
+    np.random.seed(seed)
+    if make is None:
+        return notebook_model(mod.ConvLayer, mod.ReLU, mod.MaxPool, mod.FeedForward, mod.Softmax,
+                              mod.SimpleCNN)
+    return mod.SimpleCNN(*make(mod))
+
+
+def twin(seed, make=None):
+    """The same network built twice from the same np.random state: (replica, compat)."""
+    return build(R, seed, make), build(C, seed, make)
+
+
+def small_net(mod):
+    # 15x15 crops: a ragged edge for the pool, a non-zero padding constant, 3x3 and 5x5.
+    return (
+        mod.ConvLayer((1, 15, 15), 3, 4),
+        mod.ReLU(),
+        mod.ConvLayer((4, 15, 15), 5, 5, padding=0.25),
+        mod.ReLU(),
+        mod.MaxPool(3),
+        mod.FeedForward(5 * 5 * 5, 32),
+        mod.ReLU(),
+        mod.Softmax(32, 10),
+    )
 
 
 def close(actual, expected, what):
@@ -28,33 +74,22 @@ def close(actual, expected, what):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=atol, err_msg=what)
 
 
-def twin(make_layers, seed):
-    """The same network built twice from the same np.random state: (replica, compat)."""
-    np.random.seed(seed)
-    replica = R.SimpleCNN(make_layers(R))
-    np.random.seed(seed)
-    compat = C.SimpleCNN(make_layers(C))
-    return replica, compat
-
-
-def params(layer):
-    return {name: getattr(layer, name) for name in ("kernels", "bias", "weights", "biases")
-            if hasattr(layer, name)}
+def params(net):
+    return {(name, p): getattr(getattr(net, name), p) for name in LAYERS for p in PARAMS
+            if hasattr(getattr(net, name), p)}
 
 
 def snapshot(net):
-    return [{k: v.copy() for k, v in params(layer).items()} for layer in net.layers]
+    return {key: value.copy() for key, value in params(net).items()}
 
 
 def compare_params(replica, compat, start_r, start_c, what):
     """Parameters and (more telling, as steps are tiny) their change since the start."""
-    for idx, (lr_, lc) in enumerate(zip(replica.layers, compat.layers, strict=True)):
-        for name, value in params(lr_).items():
-            got = getattr(lc, name)
-            assert got.dtype == np.float64
-            close(got, value, f"{what}: layer {idx} {name}")
-            close(got - start_c[idx][name], value - start_r[idx][name],
-                  f"{what}: layer {idx} {name} update")
+    got = params(compat)
+    for key, value in params(replica).items():
+        assert got[key].dtype == np.float64
+        close(got[key], value, f"{what}: {key}")
+        close(got[key] - start_c[key], value - start_r[key], f"{what}: {key} update")
 
 
 def loss_gradient(out, label):
@@ -63,92 +98,159 @@ def loss_gradient(out, label):
     return gradient
 
 
-def seed_arch(mod):
-    return mod.seed_arch_layers()
-
-
-def small_net(mod):
-    # 15x15 crops: a ragged edge for the pool, a non-zero padding constant, 3x3 and 5x5.
-    return [
-        mod.ConvLayer((1, 15, 15), 3, 4),
-        mod.ReLU(),
-        mod.ConvLayer((4, 15, 15), 5, 5, padding=0.25),
-        mod.ReLU(),
-        mod.MaxPool(2),
-        mod.FeedForward(5 * 7 * 7, 32),
-        mod.ReLU(),
-        mod.Softmax(32, 10),
-    ]
-
-
-def test_init_matches_replica():
-    replica, compat = twin(seed_arch, 3)
-    for lr_, lc in zip(replica.layers, compat.layers, strict=True):
-        for name, value in params(lr_).items():
-            np.testing.assert_array_equal(getattr(lc, name), value)
-
-
-def test_seed_arch_steps_match_replica(sample):
-    images, labels = sample
-    replica, compat = twin(seed_arch, 0)
+def test_notebook_model_cell_trains_like_the_original(fashion, capsys):
+    """The model cell as written, train() on 150 real images for 2 epochs: same printed
+    lines, and weights within 1e-6 of the replica's after 300 per-sample steps."""
+    train_x, train_y, test_x, test_y = fashion
+    replica, compat = twin(0)
     start_r, start_c = snapshot(replica), snapshot(compat)
-    for step in range(60):
-        im, label = images[step], labels[step]
+    np.random.seed(11)
+    assert replica.train(train_x[:150], train_y[:150], test_x[:60], test_y[:60],
+                         epochs=2, learn_rate=0.005) is None
+    printed_r = capsys.readouterr().out
+    np.random.seed(11)
+    assert compat.train(train_x[:150], train_y[:150], test_x[:60], test_y[:60],
+                        epochs=2, learn_rate=0.005) is None
+    printed_c = capsys.readouterr().out
+    next_draw = np.random.randint(1 << 30)
+    lines = printed_c.splitlines()
+    assert lines[0] == "Training..." and lines[1].startswith("Epoch 1, loss: ")
+    assert lines[2] == "Evaluating dev..." and lines[3].startswith("Dev Accuracy: ")
+    assert len(lines) == 7 and printed_c == printed_r
+    compare_params(replica, compat, start_r, start_c, "after train")
+    # train drew one permutation from np.random, and nothing else.
+    np.random.seed(11)
+    np.random.permutation(150)
+    assert np.random.randint(1 << 30) == next_draw
+
+
+def test_steps_match_layer_by_layer(fashion):
+    """forward, every input gradient, every saved attribute and the parameters, per step."""
+    train_x, train_y, _, _ = fashion
+    replica, compat = twin(3)
+    images = C.preprocess(train_x)
+    start_r, start_c = snapshot(replica), snapshot(compat)
+    for step in range(40):
+        im, label = images[step], train_y[step]
         out_r, out_c = replica.forward(im), compat.forward(im)
         assert out_c.dtype == np.float64 and out_c.shape == (10,)
         close(out_c, out_r, f"step {step} output")
-        # Layer by layer, to compare every input gradient (SimpleCNN.backprop drops them).
+        for name, attrs in [("ConvLayer_1", ("prev_input", "output")),
+                            ("ConvLayer_2", ("prev_input", "output")),
+                            ("ReLU_1", ("prev_output",)), ("ReLU_3", ("prev_output",)),
+                            ("MaxPool", ("prev_input",)),
+                            ("FeedForward", ("prev_input", "output")),
+                            ("OutputLayer", ("prev_input", "prev_totals"))]:
+            for attr in attrs:
+                got = getattr(getattr(compat, name), attr)
+                want = getattr(getattr(replica, name), attr)
+                assert np.shape(got) == np.shape(want), f"{name}.{attr}"
+                close(got, want, f"step {step} {name}.{attr}")
+        assert compat.FeedForward.prev_input_shape == replica.FeedForward.prev_input_shape
+        assert compat.OutputLayer.prev_input_shape == replica.OutputLayer.prev_input_shape
         g_r = g_c = loss_gradient(out_r, label)
-        for idx in reversed(range(len(replica.layers))):
-            lr_, lc = replica.layers[idx], compat.layers[idx]
-            if isinstance(lr_, (R.ConvLayer, R.FeedForward, R.Softmax)):
-                g_r, g_c = lr_.backprop(g_r, LR), lc.backprop(g_c, LR)
-            else:
+        for name in reversed(LAYERS):
+            lr_, lc = getattr(replica, name), getattr(compat, name)
+            if name.startswith("ReLU") or name == "MaxPool":
                 g_r, g_c = lr_.backprop(g_r), lc.backprop(g_c)
+            else:
+                g_r, g_c = lr_.backprop(g_r, LR), lc.backprop(g_c, LR)
             assert g_c.shape == g_r.shape
-            close(g_c, g_r, f"step {step} layer {idx} input gradient")
-        if step % 20 == 19:
-            compare_params(replica, compat, start_r, start_c, f"step {step}")
+            close(g_c, g_r, f"step {step} {name} input gradient")
+    compare_params(replica, compat, start_r, start_c, "after 40 steps")
 
 
-def test_small_net_training_matches_replica(sample):
-    images, labels = sample
-    crops = images[:, :, 6:21, 6:21]
-    replica, compat = twin(small_net, 1)
+def test_simplecnn_backprop_returns_the_input_gradient(fashion):
+    train_x, train_y, _, _ = fashion
+    replica, compat = twin(4, small_net)
+    crops = C.preprocess(train_x)[:, :, 6:21, 6:21]
     start_r, start_c = snapshot(replica), snapshot(compat)
-    for step in range(240):
-        im, label = crops[step], labels[step]
+    for step in range(200):
+        im, label = crops[step], train_y[step]
         out_r, out_c = replica.forward(im), compat.forward(im)
         close(out_c, out_r, f"step {step} output")
-        replica.backprop(loss_gradient(out_r, label), LR)
-        compat.backprop(loss_gradient(out_c, label), LR)
-        if step % 40 == 39:
-            compare_params(replica, compat, start_r, start_c, f"step {step}")
+        g_r = replica.backprop(loss_gradient(out_r, label), LR)
+        g_c = compat.backprop(loss_gradient(out_c, label), LR)
+        assert g_c.shape == (1, 15, 15)
+        close(g_c, g_r, f"step {step} image gradient")
+    compare_params(replica, compat, start_r, start_c, "after 200 steps")
 
 
-def test_train_matches_replica_train(sample, capsys):
-    images, labels = sample
-    crops, dev = images[:120, :, 6:21, 6:21], images[120:160, :, 6:21, 6:21]
-    replica, compat = twin(small_net, 2)
-    start_r, start_c = snapshot(replica), snapshot(compat)
+def test_conv_attributes_and_regions():
     np.random.seed(5)
-    replica.train(crops, labels[:120], dev, labels[120:160], 1, LR)
+    rep = R.ConvLayer((2, 9, 11), 3, 4, padding=0.5)
     np.random.seed(5)
-    history = compat.train(crops, labels[:120], dev, labels[120:160], 1, LR)
-    compare_params(replica, compat, start_r, start_c, "after train")
-    assert C.SimpleCNN(compat.layers).predict(dev, labels[120:160], 10) == pytest.approx(
-        (history[0]["dev_accuracy"], history[0]["dev_macro_f1"]))
+    com = C.ConvLayer((2, 9, 11), 3, 4, padding=0.5)
+    for name in ("d", "h", "w", "input_shape", "padding", "num_kernels", "kernel_size",
+                 "pad_size", "kernel_shape", "bias_shape"):
+        assert getattr(com, name) == getattr(rep, name), name
+    assert (com.d, com.h, com.w, com.pad_size) == (2, 11, 13, 1)
+    assert com.kernel_shape == (4, 2, 3, 3) and com.bias_shape == (4, 9, 11)
+    np.testing.assert_array_equal(com.kernels, rep.kernels)
+    np.testing.assert_array_equal(com.bias, rep.bias)
+    image = np.arange(2 * 11 * 13.0).reshape(2, 11, 13)
+    regions_r, regions_c = list(rep.iter_regions(image)), list(com.iter_regions(image))
+    assert len(regions_c) == len(regions_r) == 9 * 11
+    for (a, i, j), (b, k, m) in zip(regions_c, regions_r, strict=True):
+        assert (i, j) == (k, m)
+        np.testing.assert_array_equal(a, b)
 
 
-def test_seed_arch_train_runs_and_prints(sample, capsys):
-    images, labels = sample
+def test_pool_relu_dense_attributes():
+    assert C.MaxPool().size == 2 and C.MaxPool(3).size == 3
+    pool_r, pool_c = R.MaxPool(2), C.MaxPool(2)
+    image = np.random.default_rng(0).standard_normal((3, 6, 5))
+    for (a, i, j), (b, k, m) in zip(pool_c.iter_regions(image), pool_r.iter_regions(image),
+                                    strict=True):
+        assert (i, j) == (k, m)
+        np.testing.assert_array_equal(a, b)
+    pool_c.forward(image)
+    assert pool_c.prev_input is image
+    relu = C.ReLU()
+    out = relu.forward(np.array([-1.0, 0.0, 2.0]))
+    assert out is relu.prev_output
+    np.testing.assert_array_equal(relu.backprop(np.array([5.0, 6.0, 7.0])), [0.0, 0.0, 7.0])
+    np.random.seed(2)
+    ff_r, soft_r = R.FeedForward(12, 4), R.Softmax(4, 3)
+    np.random.seed(2)
+    ff_c, soft_c = C.FeedForward(12, 4), C.Softmax(4, 3)
+    for a, b in ((ff_c, ff_r), (soft_c, soft_r)):
+        np.testing.assert_array_equal(a.weights, b.weights)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    x = np.random.default_rng(1).standard_normal((3, 2, 2))
+    close(ff_c.forward(x), ff_r.forward(x), "FeedForward.forward")
+    assert ff_c.prev_input_shape == (3, 2, 2) and ff_c.prev_input.shape == (12,)
+    assert ff_c.output is not None and ff_c.output.shape == (4,)
+
+
+def test_softmax_all_zero_gradient_returns_none_and_huge_logits_stay_finite():
     np.random.seed(0)
-    net = C.SimpleCNN(C.seed_arch_layers())
-    history = net.train(images[:300], labels[:300], images[300:400], labels[300:400], 1, LR)
-    printed = capsys.readouterr().out
-    assert "Epoch 1: average loss" in printed and "dev accuracy" in printed
-    assert len(history) == 1 and np.isfinite(history[0]["loss"])
-    assert 0.0 <= history[0]["dev_accuracy"] <= 1.0
+    soft, rep = C.Softmax(4, 3), R.Softmax(4, 3)
+    x = np.ones(4)
+    soft.forward(x)
+    rep.forward(x)
+    before = soft.weights.copy()
+    assert soft.backprop(np.zeros(3), 0.1) is None
+    assert rep.backprop(np.zeros(3), 0.1) is None
+    np.testing.assert_array_equal(soft.weights, before)  # nothing to learn from
+    soft.weights[:] = 1e3  # logits ~4000: exp overflows unless shifted
+    p = soft.forward(x)
+    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0)
+    g = soft.backprop(np.array([0.0, -2.0, 0.0]), 0.1)
+    assert g.shape == (4,) and np.all(np.isfinite(g))
+
+
+def test_softmax_matches_replica_below_overflow():
+    np.random.seed(9)
+    soft = C.Softmax(6, 5)
+    np.random.seed(9)
+    rep = R.Softmax(6, 5)
+    x = np.random.default_rng(3).standard_normal(6) * 50
+    close(soft.forward(x), rep.forward(x), "probabilities")
+    close(soft.backprop(np.array([0, 0, -3.0, 1.0, 0]), 0.2),
+          rep.backprop(np.array([0, 0, -3.0, 1.0, 0]), 0.2), "input gradient")
+    close(soft.weights, rep.weights, "weights")
+    close(soft.bias, rep.bias, "bias")
 
 
 @pytest.mark.parametrize("padding", [0.7, -1.5])
@@ -163,6 +265,7 @@ def test_conv_padding_constant_matches_replica(padding, kernel_size):
         x = rng.standard_normal((2, 9, 11))
         d = rng.standard_normal((3, 9, 11))
         close(com.forward(x), rep.forward(x), f"step {step} forward")
+        close(com.prev_input, rep.prev_input, f"step {step} prev_input")
         close(com.backprop(d, 0.1), rep.backprop(d, 0.1), f"step {step} input gradient")
         close(com.kernels, rep.kernels, f"step {step} kernels")
         close(com.bias, rep.bias, f"step {step} bias")
@@ -198,24 +301,11 @@ def test_maxpool_matches_replica_random():
     np.testing.assert_array_equal(com.backprop(d), rep.backprop(d))
 
 
-def test_softmax_edge_cases():
-    np.random.seed(0)
-    s = C.Softmax(4, 3)
-    x = np.ones((2, 2))
-    s.forward(x)
-    before = s.weights.copy()
-    np.testing.assert_array_equal(s.backprop(np.zeros(3), 0.1), np.zeros((2, 2)))
-    np.testing.assert_array_equal(s.weights, before)  # nothing to learn from
-    s.weights[:] = 1e3  # logits ~4000: exp overflows unless shifted
-    p = s.forward(x)
-    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0)
-
-
 def test_float32_and_integer_inputs_give_float64():
     np.random.seed(0)
     conv = C.ConvLayer((1, 6, 6), 3, 2)
     x = np.random.default_rng(0).standard_normal((1, 6, 6))
-    y64 = conv.forward(x)
+    y64 = conv.forward(x).copy()
     y32 = conv.forward(x.astype(np.float32))
     assert y32.dtype == np.float64
     close(y32, y64.astype(np.float32), "float32 input")
@@ -223,35 +313,79 @@ def test_float32_and_integer_inputs_give_float64():
     assert C.MaxPool(2).forward(np.arange(36).reshape(1, 6, 6)).dtype == np.float64
 
 
-def test_mixed_with_tutorial_layers(sample):
-    images, labels = sample
+def test_mixed_with_the_notebooks_own_layers(fashion):
+    train_x, train_y, _, _ = fashion
     np.random.seed(4)
-    layers = small_net(C)
-    layers[1], layers[6] = R.ReLU(), R.ReLU()  # unknown layers: learn rate by signature
-    net = C.SimpleCNN(layers)
-    out = net.forward(images[0, :, 6:21, 6:21])
-    net.backprop(loss_gradient(out, labels[0]), LR)
+    layers = list(small_net(C))
+    layers[1], layers[6] = R.ReLU(), R.ReLU()  # a user's own layers in the same slots
+    net = C.SimpleCNN(*layers)
+    crops = C.preprocess(train_x)[:40, :, 6:21, 6:21]
+    out = net.forward(crops[0])
+    assert net.backprop(loss_gradient(out, train_y[0]), LR).shape == (1, 15, 15)
+    # predict falls back to forward per image, which reaches the user's layers.
+    per_image = [np.argmax(net.forward(im)) for im in crops]
+    assert net.predict(crops, train_y[:40], range(10))[0] == np.mean(per_image == train_y[:40])
 
 
 def test_preprocess():
-    data = np.zeros((4, 28, 28), dtype=np.uint8)
-    out = C.preprocess(data)
-    assert out.shape == (4, 1, 28, 28) and out.dtype == np.uint8
-    with pytest.raises(ValueError, match=r"\(N, height, width\)"):
-        C.preprocess(np.zeros((4, 1, 28, 28)))
+    net = C.SimpleCNN(*small_net(C))
+    gray = np.zeros((4, 28, 28), dtype=np.uint8)
+    assert net.preprocess(gray).shape == (4, 1, 28, 28) and net.preprocess(gray).dtype == np.uint8
+    rgb = np.arange(2 * 5 * 6 * 3).reshape(2, 5, 6, 3)
+    np.testing.assert_array_equal(net.preprocess(rgb), R.SimpleCNN.preprocess(None, rgb))
+    assert net.preprocess(rgb).shape == (2, 3, 5, 6)
+    first = np.zeros((2, 1, 28, 28))
+    assert net.preprocess(first) is first
+    np.testing.assert_array_equal(C.preprocess(gray), net.preprocess(gray))
 
 
-def test_predict_returns_metrics(sample):
-    images, labels = sample
-    crops = images[:80, :, 6:21, 6:21]
-    replica, compat = twin(small_net, 6)
-    preds = np.array([np.argmax(compat.forward(im)) for im in crops])
-    expected = (accuracy(labels[:80], preds), macro_f1(labels[:80], preds, 10))
-    assert compat.predict(crops, labels[:80], 10) == expected
-    from fastcnn.data import CLASS_NAMES
+def test_avg_f1_score_leaves_out_classes_without_precision_or_recall():
+    net = C.SimpleCNN(*small_net(C))
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        true = rng.integers(0, 6, 50)
+        pred = np.where(rng.random(50) < 0.6, true, rng.integers(0, 6, 50))
+        pred[pred == 2] = 3  # class 2 never predicted: no precision, left out
+        got = net.avg_f1_score(pred, true, range(6))
+        assert got == R.SimpleCNN.avg_f1_score(None, pred, true, range(6))
+    # By hand: class 0 perfect (F1 1), class 1 half found (P 1, R 0.5: F1 2/3), class 2
+    # absent and class 3 predicted once, wrongly (P 0): both left out.
+    assert net.avg_f1_score([0, 0, 1, 3], [0, 0, 1, 1], [0, 1, 2, 3]) == pytest.approx(
+        (1 + 2 / 3) / 2)
+    assert np.isnan(net.avg_f1_score([1, 1], [0, 0], [0, 1]))
 
-    assert compat.predict(crops, labels[:80], CLASS_NAMES) == expected
-    assert replica.predict(crops, labels[:80], 10) == expected
+
+def test_predict_matches_per_image_forward_and_the_replica(fashion):
+    _, _, test_x, test_y = fashion
+    replica, compat = twin(6)
+    images = C.preprocess(test_x[:150])
+    per_image = np.array([np.argmax(compat.forward(im)) for im in images])
+    acc, f1 = compat.predict(images, test_y[:150], list(range(10)))
+    assert acc == np.mean(per_image == test_y[:150])
+    assert f1 == R.SimpleCNN.avg_f1_score(None, per_image, test_y[:150], range(10))
+    assert (acc, f1) == replica.predict(images, test_y[:150], list(range(10)))
+    # The batched predict leaves each layer's state as forward on the last image does.
+    state = compat.OutputLayer.prev_totals.copy()
+    compat.forward(images[-1])
+    np.testing.assert_array_equal(compat.OutputLayer.prev_totals, state)
+
+
+def test_predict_batches_have_the_bits_of_forward():
+    """Predictions over many random networks and images equal forward's argmax exactly,
+    including near ties (the batched kernels share the per-sample kernels' code)."""
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        net = build(C, seed, small_net)
+        images = rng.integers(0, 256, (600, 1, 15, 15)).astype(np.uint8)
+        labels = rng.integers(0, 10, 600)
+        net._batched_predictions(images)
+        got = net._batched_predictions(images)
+        per_image = np.array([np.argmax(net.forward(im)) for im in images])
+        np.testing.assert_array_equal(got, per_image)
+        probs = np.array([net.forward(im) for im in images[:5]])
+        assert np.all(np.isfinite(probs))
+        acc, _ = net.predict(images, labels, range(10))
+        assert acc == np.mean(per_image == labels)
 
 
 def test_bad_inputs_raise():
@@ -260,7 +394,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"\(1, 28, 28\)"):
         conv.forward(np.zeros((28, 28)))
     with pytest.raises(ValueError, match=r"\(1, 28, 28\)"):
-        conv.forward(np.zeros((3, 28, 28)))
+        conv.forward(np.zeros((1, 30, 30)))  # the original would crop it silently
     with pytest.raises(RuntimeError, match="before forward"):
         conv.backprop(np.zeros((6, 28, 28)), LR)
     conv.forward(np.zeros((1, 28, 28)))
@@ -271,16 +405,24 @@ def test_bad_inputs_raise():
     conv.kernels = np.zeros((6, 1, 3, 3))  # would let the kernel read out of bounds
     with pytest.raises(ValueError, match=r"\(6, 1, 5, 5\)"):
         conv.forward(np.zeros((1, 28, 28)))
+    conv.kernels, conv.bias = np.zeros((6, 1, 5, 5)), np.zeros((6, 27, 28))
+    with pytest.raises(ValueError, match=r"bias must be an array of shape \(6, 28, 28\)"):
+        conv.forward(np.zeros((1, 28, 28)))
     with pytest.raises(ValueError, match="odd"):
         C.ConvLayer((1, 28, 28), 4, 6)
     with pytest.raises(ValueError, match="input_shape"):
         C.ConvLayer((28, 28), 5, 6)
+    with pytest.raises(ValueError, match="padding"):
+        C.ConvLayer((1, 28, 28), 5, 6, padding=np.nan)
     with pytest.raises(ValueError, match="1176"):
         C.FeedForward(1176, 100).forward(np.zeros((6, 14, 13)))
     soft = C.Softmax(100, 10)
     soft.forward(np.zeros(100))
     with pytest.raises(ValueError, match=r"\(10,\)"):
         soft.backprop(np.zeros(9), LR)
+    soft.bias = np.zeros(9)
+    with pytest.raises(ValueError, match=r"bias must be an array of shape \(10,\)"):
+        soft.forward(np.zeros(100))
     pool = C.MaxPool(2)
     with pytest.raises(ValueError, match=r"\(depth, h, w\)"):
         pool.forward(np.zeros((28, 28)))
@@ -288,6 +430,30 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"\(6, 14, 14\)"):
         pool.backprop(np.zeros((6, 28, 28)))
     relu = C.ReLU()
+    with pytest.raises(RuntimeError, match="before forward"):
+        relu.backprop(np.zeros(5))
     relu.forward(np.zeros(5))
     with pytest.raises(ValueError, match=r"\(5,\)"):
         relu.backprop(np.zeros(6))
+
+
+def test_bad_training_data_raises(fashion):
+    train_x, train_y, test_x, test_y = fashion
+    net = build(C, 0)
+    with pytest.raises(ValueError, match="trainlabels needs one label per image"):
+        net.train(train_x[:10], train_y[:9], test_x[:5], test_y[:5], epochs=1)
+    with pytest.raises(ValueError, match="integer class indices"):
+        net.train(train_x[:10], np.r_[train_y[:9], -1], test_x[:5], test_y[:5], epochs=1)
+    with pytest.raises(ValueError, match="integer class indices"):
+        net.train(train_x[:10], train_y[:10].astype(float), test_x[:5], test_y[:5], epochs=1)
+    with pytest.raises(ValueError, match="devlabels"):
+        net.train(train_x[:10], train_y[:10], test_x[:5], test_y[:4], epochs=1)
+    with pytest.raises(ValueError, match="as many labels as images"):
+        net.predict(C.preprocess(test_x[:5]), test_y[:4], range(10))
+
+
+def test_train_without_devset_and_with_list_labels(fashion, capsys):
+    train_x, train_y, _, _ = fashion
+    net = build(C, 1)
+    net.train(train_x[:20], list(train_y[:20]), None, None, epochs=1)
+    assert capsys.readouterr().out.splitlines()[:1] == ["Training..."]
