@@ -1,8 +1,11 @@
 """Fashion-MNIST loading: local search, verified download, sample set, batching.
 
-Files are looked up in an explicit directory, ``$FASTCNN_DATA``, the user
-cache and Debian's ``dataset-fashion-mnist`` package, in that order. Every
-file is checked against the SHA-256 of its decompressed bytes before use.
+A folder the user names (``data_dir``, else ``$FASTCNN_DATA``) is the only place
+looked in: files missing there are an error naming the folder, never a reason to
+read other data or download. Only when neither is given are the user cache and
+Debian's ``dataset-fashion-mnist`` package searched, in that order, and the files
+downloaded into the cache if absent. Every file is checked against the SHA-256 of
+its decompressed bytes before use.
 """
 
 from __future__ import annotations
@@ -121,25 +124,23 @@ def cache_dir() -> Path:
     return base / "fastcnn"
 
 
-def _search_plan(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, bool]]:
-    """Directories to search, each flagged True if it is the (replaceable) cache."""
-    plan: list[tuple[Path, bool]] = []
+def _explicit_dir(data_dir: str | os.PathLike[str] | None) -> tuple[Path, str] | None:
+    """(folder, where it came from) when the user named one: ``data_dir``, else
+    ``$FASTCNN_DATA``; None otherwise."""
     if data_dir is not None:
-        plan.append((Path(data_dir).expanduser(), False))
+        return Path(data_dir).expanduser(), ""
     env = os.environ.get("FASTCNN_DATA")
     if env:
-        plan.append((Path(env).expanduser(), False))
-    plan.append((cache_dir(), True))
-    plan.append((DEBIAN_DIR, False))
-    seen: set[Path] = set()
-    unique: list[tuple[Path, bool]] = []
-    for directory, is_cache in plan:
-        # The first role wins: a user-named dir that is also the cache is the
-        # user's, so a bad file there is reported rather than overwritten.
-        if directory not in seen:
-            seen.add(directory)
-            unique.append((directory, is_cache))
-    return unique
+        return Path(env).expanduser(), " (from $FASTCNN_DATA)"
+    return None
+
+
+def _search_plan(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, bool]]:
+    """Directories to search, each flagged True if it is the (replaceable) cache."""
+    explicit = _explicit_dir(data_dir)
+    if explicit is not None:
+        return [(explicit[0], False)]
+    return [(cache_dir(), True), (DEBIAN_DIR, False)]
 
 
 def search_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -327,6 +328,13 @@ def _load_file(
     key: str, data_dir: str | os.PathLike[str] | None, allow_download: bool
 ) -> np.ndarray:
     fname, sha = FILES[key]
+    explicit = _explicit_dir(data_dir)
+    if explicit is not None:
+        directory, named_by = explicit
+        found = _existing(directory / fname)
+        if found is None:
+            raise DataError(_missing_message(directory, named_by))
+        return read_file(found, sha)
     plan = _search_plan(data_dir)
     searched = ", ".join(str(d) for d, _ in plan)
     cache = next(d for d, is_cache in plan if is_cache)
@@ -357,6 +365,15 @@ def _load_file(
             "install Debian's dataset-fashion-mnist or pass --data-dir"
         ) from exc
     return read_file(path, sha)
+
+
+def _missing_message(directory: Path, named_by: str) -> str:
+    """What a folder the user named lacks, in one line."""
+    what = "does not exist" if not directory.is_dir() else "lacks " + ", ".join(
+        name for name, _ in FILES.values() if _existing(directory / name) is None)
+    return (f"data folder {directory}{named_by} {what}; it must hold the four "
+            "Fashion-MNIST *-ubyte.gz files (Debian's dataset-fashion-mnist installs them "
+            f"in {DEBIAN_DIR})")
 
 
 def _check_split(split: str) -> None:

@@ -19,6 +19,7 @@ from . import metrics
 from .data import batches, normalize
 from .fileio import atomic_write_npz
 from .functional import backend_module, check_int, describe
+from .kernels.conv import FORWARD_CHUNK, GRAD_CHUNK
 from .layers import LAYERS, Conv2D, Dense, Flatten, Layer, MaxPool2D
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import SGD, Optimizer
@@ -187,9 +188,12 @@ class Sequential:
         inference, and the optimizer's update if given; returns seconds. The weights and
         the optimizer's state stay as they were."""
         start = time.perf_counter()
-        x = np.zeros((2, *self.input_shape), dtype=self.dtype)
+        # More samples than one kernel task holds: training's batches run the thread-pool
+        # kernels, and those (not their serial twins for small batches) must compile here.
+        n = max(FORWARD_CHUNK, GRAD_CHUNK) + 1
+        x = np.zeros((n, *self.input_shape), dtype=self.dtype)
         self.forward(x)
-        self.loss(self.forward(x, training=True), np.zeros(2, dtype=np.int64))
+        self.loss(self.forward(x, training=True), np.zeros(n, dtype=np.int64))
         self.backward(self.loss.backward())
         if optimizer is not None:
             # A copy steps copies of the weights: the first epoch then times no compiling.

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import fastcnn
 import fastcnn.data
-from fastcnn import train
+from fastcnn import evaluate, train
 
 
 def run(*args, env=None):
@@ -59,10 +60,32 @@ def test_missing_data_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fastcnn.data, "MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTCNN_DATA", raising=False)
-    assert train.main(["--data-dir", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert train.main(["--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "dataset-fashion-mnist" in err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("how", ["--data-dir", "FASTCNN_DATA"])
+def test_named_data_folder_that_lacks_the_files_exits_2(tmp_path, monkeypatch, capsys,
+                                                        command, how):
+    """Even with the real data installed elsewhere: a typo must not train on it."""
+    missing = tmp_path / "nonexistent"
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path / "cache"))
+    argv = ["--epochs", "1", "--quiet"] if command == "train" else [str(tmp_path / "m.npz")]
+    if how == "--data-dir":
+        argv += ["--data-dir", str(missing)]
+    else:
+        monkeypatch.setenv("FASTCNN_DATA", str(missing))
+    if command == "evaluate":
+        fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(10)], input_shape=(1, 28, 28),
+                           seed=0).save(tmp_path / "m.npz")
+    main = train.main if command == "train" else evaluate.main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data folder {missing}") and err.count("\n") == 1
+    assert "does not exist" in err
 
 
 def full_data_available():

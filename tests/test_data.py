@@ -208,13 +208,11 @@ def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_search_dirs_order(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     assert search_dirs() == [env["cache"], env["debian"]]
+    # A folder the user names is the only place looked in.
+    assert search_dirs(env["explicit"]) == [env["explicit"]]
     monkeypatch.setenv("FASTCNN_DATA", str(env["envdata"]))
-    assert search_dirs(env["explicit"]) == [
-        env["explicit"],
-        env["envdata"],
-        env["cache"],
-        env["debian"],
-    ]
+    assert search_dirs() == [env["envdata"]]
+    assert search_dirs(env["explicit"]) == [env["explicit"]]
 
 
 def test_bad_split() -> None:
@@ -338,20 +336,50 @@ def test_wrong_magic_in_file_with_matching_checksum(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- search
 
 
-def test_missing_everywhere_without_network(
-    env: dict[str, Path], synth: Synth, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FASTCNN_DATA", str(env["envdata"]))
+def test_missing_everywhere_without_network(env: dict[str, Path], synth: Synth) -> None:
     with pytest.raises(DataError) as info:
-        load_fashion_mnist("train", data_dir=env["explicit"])
+        load_fashion_mnist("train")
     msg = str(info.value)
     assert "\n" not in msg
     assert "could not download" in msg and "no network?" in msg
-    for key in ("explicit", "envdata", "cache", "debian"):
+    for key in ("cache", "debian"):
         assert str(env[key]) in msg
     assert "dataset-fashion-mnist" in msg and "--data-dir" in msg
     # The failed attempt leaves no temporary file behind.
     assert not env["cache"].exists() or list(env["cache"].iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["data_dir", "FASTCNN_DATA"])
+@pytest.mark.parametrize("exists", [False, True])
+def test_named_folder_without_the_files_is_an_error_never_a_fallback(
+    env: dict[str, Path], synth: Synth, server: Server, monkeypatch: pytest.MonkeyPatch,
+    how: str, exists: bool
+) -> None:
+    """A typo in --data-dir or $FASTCNN_DATA must not train on data found elsewhere."""
+    for place in ("cache", "debian", "envdata"):
+        synth.write(env[place])
+    synth.write(server.root)
+    named = env["explicit"] / "typo"
+    if exists:
+        named.mkdir(parents=True)
+        synth.write(named)
+        (named / fname("train_labels")).unlink()
+    if how == "FASTCNN_DATA":
+        monkeypatch.setenv("FASTCNN_DATA", str(named))
+        call = lambda: load_fashion_mnist("train")  # noqa: E731
+    else:
+        monkeypatch.setenv("FASTCNN_DATA", str(env["envdata"]))  # a good copy, never read
+        call = lambda: load_fashion_mnist("train", data_dir=named)  # noqa: E731
+    with pytest.raises(DataError) as info:
+        call()
+    msg = str(info.value)
+    assert f"data folder {named}" in msg and "\n" not in msg
+    assert ("(from $FASTCNN_DATA)" in msg) == (how == "FASTCNN_DATA")
+    if exists:
+        assert f"lacks {fname('train_labels')}" in msg and fname("train_images") not in msg
+    else:
+        assert "does not exist" in msg
+    assert server.requests == []
 
 
 def test_missing_with_downloads_disabled(env: dict[str, Path], synth: Synth) -> None:
@@ -385,7 +413,7 @@ def test_explicit_dir_beats_env_and_cache(
         assert_synth(load_fashion_mnist("train", data_dir=env["explicit"]), synth, "train")
 
 
-def test_explicit_dir_is_searched_first(
+def test_a_bad_file_in_the_named_folder_is_reported(
     env: dict[str, Path], synth: Synth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A bad explicit file is reported even though FASTCNN_DATA holds a good copy.
@@ -409,11 +437,12 @@ def test_env_data_beats_cache(
         assert_synth(load_fashion_mnist("train"), synth, "train")
 
 
-def test_env_data_is_searched_before_cache(
+def test_a_bad_file_in_env_data_is_reported(
     env: dict[str, Path], synth: Synth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FASTCNN_DATA", str(env["envdata"]))
     synth.write(env["cache"])
+    synth.write(env["envdata"])
     synth.corrupt(env["envdata"], "test_labels")
     with pytest.raises(DataError, match="checksum mismatch") as info:
         load_fashion_mnist("test")
