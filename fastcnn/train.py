@@ -32,6 +32,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import optim, plots
 from .cli import ArgumentParser, CLIError, run_cli
+from .compiling import compile_progress
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
@@ -291,7 +292,8 @@ def _main(argv: list[str] | None) -> int:
             initial_state = check_fit_state(resumed.state, args.epochs, steps, optimizer, True)
         except (TypeError, ValueError) as exc:
             raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
-    compile_seconds = model.warmup(optimizer)
+    with compile_progress(quiet=args.quiet) as compile_log:
+        compile_seconds = model.warmup(optimizer)
     say = print
     say(f"fastcnn: SEED-ARCH on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
         f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads, "
@@ -377,6 +379,7 @@ def _main(argv: list[str] | None) -> int:
         "train_samples_per_s": float(np.sum([len(x_train)] * args.epochs)
                                      / np.sum(history.epoch_seconds)),
         "compile_seconds": compile_seconds,
+        "compiled_kernels": compile_log.table(),
         "total_seconds": time.perf_counter() - start,
         "resumed_from": None if initial_state is None else {
             "epoch": initial_state.epoch, "batch": initial_state.batch},

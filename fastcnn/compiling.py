@@ -1,0 +1,122 @@
+"""Say what is compiling: Numba compiles fastcnn's kernels for this CPU on first use.
+
+``compile_progress()`` listens to Numba's compile events. Before the first kernel
+compiles it prints one line saying what is happening, roughly how long it takes and
+where the cache lives; then a tqdm bar on stderr counts the kernels as they compile.
+Kernels loaded from the cache compile nothing, so a warm run prints nothing. The
+listener also records how long each kernel took (``CompileLog.kernels``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from numba.core import event
+from tqdm import tqdm
+
+from .kernels import _jit
+
+_KERNELS = "fastcnn.kernels."
+# Measured cold compiles of a whole training run (SEED-ARCH) on these 2-core machines.
+ESTIMATE = "about 1-2 minutes on 2 cores"
+
+
+def cache_location() -> str:
+    """Where Numba keeps fastcnn's compiled kernels, in words."""
+    if not _jit.CACHE:
+        return "nowhere: FASTCNN_NUMBA_CACHE=0 turns the cache off, so every run compiles"
+    from .kernels import conv
+
+    # Numba's choice: beside the sources, else NUMBA_CACHE_DIR or the user's cache folder.
+    kernel = conv._conv2d_forward_s1
+    path = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
+    return str(path) if path else "Numba's cache folder"
+
+
+@dataclass
+class CompileLog:
+    """The kernels compiled inside one ``compile_progress`` block, slowest first."""
+
+    kernels: list[tuple[str, str, float]] = field(default_factory=list)  # name, types, s
+
+    @property
+    def seconds(self) -> float:
+        return sum(s for _, _, s in self.kernels)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"kernel": name, "types": types, "seconds": round(seconds, 3)}
+                for name, types, seconds in sorted(self.kernels, key=lambda k: -k[2])]
+
+
+class _Listener(event.Listener):
+    """Counts the outermost fastcnn kernels that compile (helpers compile inside them)."""
+
+    def __init__(self, log: CompileLog, quiet: bool, out: TextIO) -> None:
+        self.log, self.quiet, self.out = log, quiet, out
+        self.depth = 0
+        self.started = 0.0
+        self.announced = False
+        self.bar: tqdm | None = None
+
+    @staticmethod
+    def _name(ev: event.Event) -> str | None:
+        py_func = getattr(ev.data["dispatcher"], "py_func", None)
+        module = getattr(py_func, "__module__", "") or ""
+        if not module.startswith(_KERNELS):
+            return None
+        return f"{module.removeprefix(_KERNELS)}.{py_func.__name__}"
+
+    def on_start(self, ev: event.Event) -> None:
+        name = self._name(ev)
+        if name is None:
+            return
+        self.depth += 1
+        if self.depth > 1:
+            return
+        self.started = time.perf_counter()
+        if not self.log.kernels and not self.announced:
+            self.announced = True
+            print(f"fastcnn: compiling its kernels for this CPU, once ({ESTIMATE}); later "
+                  f"runs load them from the cache: {cache_location()}", file=self.out,
+                  flush=True)
+            if not self.quiet:
+                self.bar = tqdm(desc="compiling", unit=" kernels", file=self.out, leave=False)
+        if self.bar is not None:
+            self.bar.set_postfix_str(name, refresh=True)
+
+    def on_end(self, ev: event.Event) -> None:
+        name = self._name(ev)
+        if name is None:
+            return
+        self.depth -= 1
+        if self.depth:
+            return
+        types = ", ".join(str(t) for t in ev.data["args"])
+        self.log.kernels.append((name, types, time.perf_counter() - self.started))
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+@contextmanager
+def compile_progress(quiet: bool = False, out: TextIO | None = None) -> Iterator[CompileLog]:
+    """Announce and count the kernels that compile inside the block (nothing if none do).
+
+    The line is printed even when ``quiet``; the bar is not.
+    """
+    log = CompileLog()
+    listener = _Listener(log, quiet, out or sys.stderr)
+    event.register("numba:compile", listener)
+    try:
+        yield log
+    finally:
+        event.unregister("numba:compile", listener)
+        if listener.bar is not None:
+            listener.bar.close()
+        if listener.announced:
+            print(f"fastcnn: compiled {len(log.kernels)} kernels in {log.seconds:.1f} s",
+                  file=listener.out, flush=True)
