@@ -16,6 +16,14 @@ class CLIError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors, and --version on every command."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        from . import __version__
+
+        self.add_argument("--version", action="version", version=f"fastcnn {__version__}")
+
     def error(self, message: str) -> None:
         raise CLIError(f"{message} (see {self.prog} --help)")
 

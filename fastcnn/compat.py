@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .compiling import compile_progress
 from .kernels import conv2d_backward, conv2d_forward
 from .kernels.compat import (
     dense_backward_sgd,
@@ -482,7 +483,7 @@ class SimpleCNN:
         if len(dataset) == 0 or len(dataset) != len(true_labels):
             raise ValueError(f"predict needs as many labels as images (and at least one), got "
                              f"{len(dataset)} images and {len(true_labels)} labels")
-        with one_blas_thread():
+        with compile_progress(), one_blas_thread():
             preds = self._batched_predictions(dataset)
             if preds is None:
                 preds = np.array([np.argmax(self.forward(im)) for im in dataset])
@@ -545,7 +546,7 @@ class SimpleCNN:
         print("Training...")
         for epoch in range(int(epochs)):
             losses = np.empty(len(train_data))
-            with one_blas_thread():
+            with compile_progress(), one_blas_thread():
                 samples = tqdm(zip(train_data, train_labels, strict=True), total=len(train_data))
                 for n, (image, label) in enumerate(samples):
                     out = self.forward(image)

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import metrics
 from .cli import ArgumentParser, CLIError, run_cli
+from .compiling import compile_progress
 from .data import CLASS_NAMES, DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import Sequential
@@ -131,7 +132,8 @@ def _main(argv: list[str] | None) -> int:
                        f"{args.dataset} needs (1, {x.shape[1]}, {x.shape[2]}) to "
                        f"({len(CLASS_NAMES)},)")
 
-    report, pred = evaluate(model, x, y)
+    with compile_progress():
+        report, pred = evaluate(model, x, y)
     print(f"{args.model} on the {args.dataset} test split")
     print(format_report(report))
     if args.json:

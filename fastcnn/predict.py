@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .cli import ArgumentParser, CLIError, run_cli
+from .compiling import compile_progress
 from .data import CLASS_NAMES, MEAN, STD, DataError, parse_idx
 from .model import Sequential
 
@@ -287,7 +288,8 @@ def _main(argv: list[str] | None) -> int:
     if batch:
         # Standardised like the training data (the model takes floats as already normalised).
         x = ((np.stack(batch) - MEAN) / STD).astype(model.dtype)[:, None]
-        probs = model.predict(x)
+        with compile_progress():
+            probs = model.predict(x)
         for (file, index, inverted), p in zip(items, probs, strict=True):
             top = np.argsort(-p, kind="stable")[:args.top]
             results.append({"file": file, "index": index,

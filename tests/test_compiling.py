@@ -1,0 +1,79 @@
+"""The first-use compile is announced and counted; python -m fastcnn.compile caches it all."""
+
+import json
+import subprocess
+import sys
+
+import numba
+import pytest
+
+from fastcnn import compile as compile_command
+from fastcnn.compiling import compile_progress
+
+
+def _kernel(name):
+    """A fresh, uncached jitted function that reads as one of fastcnn's kernels, calling a
+    jitted helper of the same module."""
+    namespace = {"__name__": "fastcnn.kernels.probe", "numba": numba}
+    exec(f"@numba.njit\ndef helper(x):\n    return x + 1\n\n"
+         f"def {name}(x):\n    return helper(x) * 2\n", namespace)
+    return numba.njit(namespace[name])
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_compile_is_announced_once_and_counted(capsys, quiet):
+    first, second = _kernel("first"), _kernel("second")
+    with compile_progress(quiet=quiet) as log:
+        assert first(1) == 4 and second(2) == 6
+    err = capsys.readouterr().err
+    assert err.startswith("fastcnn: compiling its kernels for this CPU, once")
+    assert err.count("fastcnn: compiling its kernels") == 1 and "cache" in err
+    assert "compiled 2 kernels" in err
+    assert ("compiling:" in err) == (not quiet)  # the bar
+    # The helper compiled inside a kernel is not a kernel of its own.
+    assert [name for name, _, _ in log.kernels] == ["probe.first", "probe.second"]
+    assert all(seconds > 0 for _, _, seconds in log.kernels)
+    assert log.table()[0]["types"] == "int64"
+
+
+def test_nothing_is_said_when_nothing_compiles(capsys):
+    kernel = _kernel("warm")
+    kernel(1)
+    capsys.readouterr()
+    with compile_progress() as log:
+        kernel(3)
+    assert capsys.readouterr().err == "" and log.kernels == []
+
+
+def test_compile_command_compiles_then_finds_everything_cached(tmp_path, capsys):
+    out = tmp_path / "compile.json"
+    assert compile_command.main(["--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["seconds"] > 0 and isinstance(report["kernels"], list)
+    printed = capsys.readouterr().out
+    assert printed.startswith("fastcnn: ") and "cache" in printed
+    # Everything it runs is now compiled in this process: a second run compiles nothing.
+    assert compile_command.main(["--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("fastcnn: every kernel was already compiled")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_python_m_fastcnn_lists_the_commands():
+    proc = _run("fastcnn")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("fastcnn 0.") and "Numba" in lines[0]
+    for command in ("train", "evaluate", "predict", "compile"):
+        assert any(line.split()[:1] == [command] for line in lines), command
+    assert _run("fastcnn", "nonsense").returncode == 2
+
+
+@pytest.mark.parametrize("command", ["fastcnn", "fastcnn.train", "fastcnn.evaluate",
+                                     "fastcnn.predict", "fastcnn.compile"])
+def test_every_command_has_version(command):
+    proc = _run(command, "--version")
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("fastcnn 0.")
