@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import metrics
@@ -23,6 +22,7 @@ from .kernels.conv import FORWARD_CHUNK, GRAD_CHUNK
 from .layers import LAYERS, Conv2D, Dense, Flatten, Layer, MaxPool2D
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import SGD, Optimizer
+from .threads import one_blas_thread
 
 FORMAT = "fastcnn-model"
 FORMAT_VERSION = 1
@@ -242,7 +242,7 @@ class Sequential:
             rng = np.random.default_rng()
             rng.bit_generator.state = state.rng_state
         history = state.history
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             for epoch in range(state.epoch, epochs):
                 # The permutation is drawn from this state, so a resumed epoch redraws it.
                 epoch_rng = rng.bit_generator.state

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numba
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 _blas_limit = None
 _controller: ThreadpoolController | None = None
@@ -58,20 +58,22 @@ def set_threads(n: int | None) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= available:
         raise ValueError(f"threads must be an integer from 1 to {available}, got {n!r}")
     numba.set_num_threads(n)
-    _blas_limit = threadpool_limits(limits=1, user_api="blas")
+    _blas_limit = _blas().limit(limits=1, user_api="blas")
     keep_freed_memory()
     return n
 
 
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread inside the block, as it was after.
-
-    The loaded libraries are looked up once (about a millisecond each time otherwise,
-    which a call on one sample cannot afford); then a limit costs tens of microseconds.
-    """
+def _blas() -> ThreadpoolController:
+    """The loaded BLAS libraries, looked up once: a lookup takes about a millisecond,
+    which a call on one sample cannot afford; a limit then costs tens of microseconds."""
     global _controller
     if _controller is None:
         _controller = ThreadpoolController()
-    with _controller.limit(limits=1, user_api="blas"):
+    return _controller
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block, as it was after."""
+    with _blas().limit(limits=1, user_api="blas"):
         yield
