@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from numba.core import event
@@ -23,7 +24,7 @@ from .kernels import _jit
 
 _KERNELS = "fastcnn.kernels."
 # Measured cold compiles of a whole training run (SEED-ARCH) on these 2-core machines.
-ESTIMATE = "about 1-2 minutes on 2 cores"
+ESTIMATE = "about 1-3 minutes on 2 cores"
 
 
 def cache_location() -> str:
@@ -36,6 +37,26 @@ def cache_location() -> str:
     kernel = conv._conv2d_forward_s1
     path = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
     return str(path) if path else "Numba's cache folder"
+
+
+def _announcement() -> str:
+    return (f"fastcnn: compiling its kernels for this CPU, once ({ESTIMATE}); later runs "
+            f"load them from the cache: {cache_location()}")
+
+
+def announce_if_cold(out: TextIO | None = None) -> bool:
+    """Say now that the kernels will compile if the cache holds none of the convolution's
+    (a fresh install), before slower work such as loading data; returns whether it did."""
+    from .kernels import conv
+
+    try:
+        index = conv._conv2d_backward_s1._cache._cache_file._index_path  # Numba's layout
+    except AttributeError:
+        return False  # caching off, or another Numba: the compile itself will say it
+    if Path(index).exists():
+        return False
+    print(_announcement(), file=out or sys.stderr, flush=True)
+    return True
 
 
 @dataclass
@@ -56,11 +77,12 @@ class CompileLog:
 class _Listener(event.Listener):
     """Counts the outermost fastcnn kernels that compile (helpers compile inside them)."""
 
-    def __init__(self, log: CompileLog, quiet: bool, out: TextIO) -> None:
+    def __init__(self, log: CompileLog, quiet: bool, out: TextIO, announced: bool) -> None:
         self.log, self.quiet, self.out = log, quiet, out
+        self.already_announced = announced
         self.depth = 0
         self.started = 0.0
-        self.announced = False
+        self.compiling = False  # a kernel has started compiling in this block
         self.bar: tqdm | None = None
 
     @staticmethod
@@ -79,11 +101,10 @@ class _Listener(event.Listener):
         if self.depth > 1:
             return
         self.started = time.perf_counter()
-        if not self.log.kernels and not self.announced:
-            self.announced = True
-            print(f"fastcnn: compiling its kernels for this CPU, once ({ESTIMATE}); later "
-                  f"runs load them from the cache: {cache_location()}", file=self.out,
-                  flush=True)
+        if not self.compiling:
+            self.compiling = True
+            if not self.already_announced:
+                print(_announcement(), file=self.out, flush=True)
             if not self.quiet:
                 self.bar = tqdm(desc="compiling", unit=" kernels", file=self.out, leave=False)
         if self.bar is not None:
@@ -103,13 +124,15 @@ class _Listener(event.Listener):
 
 
 @contextmanager
-def compile_progress(quiet: bool = False, out: TextIO | None = None) -> Iterator[CompileLog]:
+def compile_progress(quiet: bool = False, out: TextIO | None = None,
+                     announced: bool = False) -> Iterator[CompileLog]:
     """Announce and count the kernels that compile inside the block (nothing if none do).
 
-    The line is printed even when ``quiet``; the bar is not.
+    The line is printed even when ``quiet`` (the bar is not), and not again when
+    ``announce_if_cold`` already printed it (``announced``).
     """
     log = CompileLog()
-    listener = _Listener(log, quiet, out or sys.stderr)
+    listener = _Listener(log, quiet, out or sys.stderr, announced)
     event.register("numba:compile", listener)
     try:
         yield log
@@ -117,6 +140,6 @@ def compile_progress(quiet: bool = False, out: TextIO | None = None) -> Iterator
         event.unregister("numba:compile", listener)
         if listener.bar is not None:
             listener.bar.close()
-        if listener.announced:
+        if listener.compiling:
             print(f"fastcnn: compiled {len(log.kernels)} kernels in {log.seconds:.1f} s",
                   file=listener.out, flush=True)

@@ -32,7 +32,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import optim, plots
 from .cli import ArgumentParser, CLIError, run_cli
-from .compiling import compile_progress
+from .compiling import announce_if_cold, compile_progress
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
@@ -261,6 +261,8 @@ def _main(argv: list[str] | None) -> int:
             resumed is None or ckpt_file.resolve() != ckpt.checkpoint_path(args.resume).resolve()):
         raise CLIError(f"{ckpt_file} already exists; continue that run with --resume "
                        f"{args.checkpoint_dir}, or delete it to start afresh")
+    # First, before the data load: a fresh install should hear at once why it waits.
+    announced = args.backend == "numba" and announce_if_cold()
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)
@@ -292,7 +294,7 @@ def _main(argv: list[str] | None) -> int:
             initial_state = check_fit_state(resumed.state, args.epochs, steps, optimizer, True)
         except (TypeError, ValueError) as exc:
             raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
-    with compile_progress(quiet=args.quiet) as compile_log:
+    with compile_progress(quiet=args.quiet, announced=announced) as compile_log:
         compile_seconds = model.warmup(optimizer)
     say = print
     say(f"fastcnn: SEED-ARCH on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "

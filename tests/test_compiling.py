@@ -1,10 +1,12 @@
 """The first-use compile is announced and counted; python -m fastcnn.compile caches it all."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numba
+import numpy as np
 import pytest
 
 from fastcnn import compile as compile_command
@@ -77,3 +79,22 @@ def test_python_m_fastcnn_lists_the_commands():
 def test_every_command_has_version(command):
     proc = _run(command, "--version")
     assert proc.returncode == 0 and proc.stdout.strip().startswith("fastcnn 0.")
+
+
+def test_a_fresh_cache_is_announced_before_anything_else(tmp_path):
+    code = "from fastcnn.compiling import announce_if_cold; print(announce_if_cold())"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.stdout.strip() == "True"
+    assert proc.stderr.startswith("fastcnn: compiling its kernels for this CPU, once")
+    assert str(tmp_path / "empty") in proc.stderr
+    # Where the convolution's kernels are cached, nothing is said up front.
+    from fastcnn.kernels import conv
+
+    x = np.zeros((9, 1, 6, 6), np.float32)
+    w = np.zeros((1, 1, 3, 3), np.float32)
+    conv.conv2d_backward(x, w, x, x, True, 1, 1, 1, 1, True)  # compiles and caches it
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert warm.stdout.strip() == "False" and warm.stderr == ""
