@@ -9,6 +9,9 @@ settings.register_profile("fastcnn", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
+# For the run without JIT (tests/test_no_jit.py): plain Python is slow, a few draws do.
+settings.register_profile("nojit", deadline=None, max_examples=6, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "fastcnn")
 
 

@@ -8,7 +8,8 @@ argument is a good value in some representation (non-contiguous, read-only, Fort
 order, masked, list/NumPy ints), the call must succeed exactly like the plain version.
 
 FASTCNN_FUZZ_SCALE=N runs N times as many examples. To check that no kernel reads or
-writes out of bounds, run it by hand (not in CI) in two ways:
+writes out of bounds there are two ways; tests/test_no_jit.py runs the second on every
+test run, on a few draws:
     FASTCNN_NUMBA_CACHE=0 NUMBA_BOUNDSCHECK=1 python -m pytest tests/test_fuzz.py
 compiles bounds checks into every kernel (slow; with the cache off those builds never
 reach kernels/__pycache__, which other runs rely on). Inside prange loops Numba reports a
