@@ -28,6 +28,16 @@ class ArgumentParser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see {self.prog} --help)")
 
 
+def threads_option(n: int | None) -> int:
+    """set_threads for a command's --threads: a bad value is a one-line error, exit 2."""
+    from .threads import set_threads
+
+    try:
+        return set_threads(n)
+    except ValueError as exc:
+        raise CLIError(f"--threads: {exc}") from None
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
     """Run `main`, turning user-facing failures into a one-line message and an exit code."""
     try:

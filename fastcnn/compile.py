@@ -20,12 +20,12 @@ import warnings
 import numpy as np
 
 from . import compat
-from .cli import ArgumentParser, CLIError, run_cli
+from .cli import ArgumentParser, run_cli, threads_option
 from .compiling import CompileLog, cache_location, compile_progress
 from .fileio import atomic_write_text
 from .model import seed_arch
 from .optim import SGD, Adam
-from .threads import one_blas_thread, set_threads
+from .threads import one_blas_thread
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        set_threads(args.threads)
-    except ValueError as exc:
-        raise CLIError(f"--threads: {exc}") from None
+    threads_option(args.threads)
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Numba says so when it cannot write its cache (a read-only install): keep it.

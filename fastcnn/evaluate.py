@@ -16,12 +16,11 @@ from typing import TypeVar
 import numpy as np
 
 from . import metrics
-from .cli import ArgumentParser, CLIError, run_cli
+from .cli import ArgumentParser, CLIError, run_cli, threads_option
 from .compiling import compile_progress
 from .data import CLASS_NAMES, DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import Sequential
-from .threads import set_threads
 
 __all__ = ["SHORT_NAMES", "build_parser", "evaluate", "format_report", "main"]
 
@@ -108,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        set_threads(args.threads)
-    except ValueError as exc:
-        raise CLIError(f"--threads: {exc}") from None
+    threads_option(args.threads)
     if args.plots:
         from .plots import check_ready
 

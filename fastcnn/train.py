@@ -31,12 +31,11 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import optim, plots
-from .cli import ArgumentParser, CLIError, run_cli
+from .cli import ArgumentParser, CLIError, run_cli, threads_option
 from .compiling import announce_if_cold, compile_progress
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
-from .threads import set_threads
 
 # Settings that change the result: a checkpoint only resumes with exactly these.
 RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",
@@ -246,10 +245,7 @@ def _main(argv: list[str] | None) -> int:
     check_args(args)
     stop_at, batch_delay = _test_hooks()
     resumed = _load_for_resume(args, given) if args.resume else None
-    try:
-        threads = set_threads(args.threads)
-    except ValueError as exc:
-        raise CLIError(f"--threads: {exc}") from None
+    threads = threads_option(args.threads)
     if args.plots:
         try:  # fail now, not after a long training run
             plots.check_ready(args.plots)
