@@ -457,3 +457,22 @@ def test_train_without_devset_and_with_list_labels(fashion, capsys):
     net = build(C, 1)
     net.train(train_x[:20], list(train_y[:20]), None, None, epochs=1)
     assert capsys.readouterr().out.splitlines()[:1] == ["Training..."]
+
+
+def test_train_calls_a_subclass_forward_and_backprop(fashion, capsys):
+    train_x, train_y, _, _ = fashion
+    calls = {"forward": 0, "backprop": 0}
+
+    class Logged(C.SimpleCNN):
+        def forward(self, image):
+            calls["forward"] += 1
+            return super().forward(image)
+
+        def backprop(self, gradient, learn_rate):
+            calls["backprop"] += 1
+            return super().backprop(gradient, learn_rate)
+
+    np.random.seed(0)
+    net = Logged(*small_net(C))
+    net.train(C.preprocess(train_x)[:12, :, 6:21, 6:21], train_y[:12], None, None, epochs=2)
+    assert calls == {"forward": 24, "backprop": 24}
