@@ -24,7 +24,7 @@ from .kernels import _jit
 
 _KERNELS = "fastcnn.kernels."
 # Measured cold compiles of a whole training run (SEED-ARCH) on these 2-core machines.
-ESTIMATE = "about 1-3 minutes on 2 cores"
+ESTIMATE = "about 1-2 minutes on 2 cores"
 
 
 def cache_location() -> str:
