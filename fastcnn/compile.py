@@ -2,8 +2,8 @@
 
 Run it once when building an image or a shared install, so that no user waits for the
 first-use compile. It runs, on zeros, what the commands run: SEED-ARCH training (Adam
-and SGD) and inference in float32 at batch sizes that use the thread-pool kernels and
-at batch 1 (their serial twins), and the per-sample float64 layers of fastcnn.compat.
+and SGD) and inference in float32 (any batch size runs the same kernels), and the
+per-sample float64 layers of fastcnn.compat.
 Then it prints the seconds each kernel took to compile; kernels already in the cache
 load in milliseconds and are not listed.
 """
@@ -42,12 +42,6 @@ def compile_all() -> None:
     model = seed_arch(0)
     for optimizer in (Adam(0.001), SGD(0.01, momentum=0.9)):
         model.warmup(optimizer)
-    # Batch 1: the serial twins of the convolution kernels, forward and backward.
-    one = np.zeros((1, *model.input_shape), dtype=model.dtype)
-    model.predict(one)
-    model.loss(model.forward(one, training=True), np.zeros(1, dtype=np.int64))
-    model.backward(model.loss.backward())
-    SGD(0.01).step([p.copy() for p in model.parameters()], model.gradients())
     # fastcnn.compat: the notebook's network, per sample and batched (predict), float64.
     state = np.random.get_state()  # noqa: NPY002 (compat draws from it, as the notebook)
     try:

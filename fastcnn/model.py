@@ -18,7 +18,6 @@ from . import metrics
 from .data import batches, normalize
 from .fileio import atomic_write_npz
 from .functional import backend_module, check_int, describe
-from .kernels.conv import FORWARD_CHUNK, GRAD_CHUNK
 from .layers import LAYERS, Conv2D, Dense, Flatten, Layer, MaxPool2D
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import SGD, Optimizer
@@ -188,9 +187,8 @@ class Sequential:
         inference, and the optimizer's update if given; returns seconds. The weights and
         the optimizer's state stay as they were."""
         start = time.perf_counter()
-        # More samples than one kernel task holds: training's batches run the thread-pool
-        # kernels, and those (not their serial twins for small batches) must compile here.
-        n = max(FORWARD_CHUNK, GRAD_CHUNK) + 1
+        # Every batch size runs the same kernels: two samples compile them all.
+        n = 2
         x = np.zeros((n, *self.input_shape), dtype=self.dtype)
         self.forward(x)
         self.loss(self.forward(x, training=True), np.zeros(n, dtype=np.int64))

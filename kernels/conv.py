@@ -6,10 +6,12 @@ to one kernel. Padding beyond the input on the bottom/right is implied by the
 output size. Inputs must be C-contiguous and of one float dtype; the Python layer
 (`fastcnn.functional`) checks that before calling.
 
-Each parallel loop runs over samples or over fixed-size chunks of samples, so a
-result never depends on the number of threads.
+Each parallel loop runs over samples or over fixed-size chunks of samples (for small
+batches, each chunk's filters are shared out between tasks, every output still computed
+the same way), so a result never depends on the number of threads.
 """
 
+import numba
 import numpy as np
 from llvmlite.binding import get_host_cpu_features
 from numba import prange, uint8, uint64
@@ -599,12 +601,13 @@ def _pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
 
 @jit(fastmath=_FASTMATH)
 def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                     want_window, y, window, t):
-    """Samples t * FORWARD_CHUNK ... of the stride-1 forward kernels, into y and window.
+                     want_window, y, window, t, g, groups):
+    """Samples t * FORWARD_CHUNK ... of _conv2d_forward_s1, into y and window: of their
+    filter triples, those numbered g, g + groups, ... (each sample is padded by each group).
 
-    Not inlined, and called with an int64 t (a prange index is uint64 inside the parallel
-    loop): the parallel kernel and its serial twin then share one compiled copy, which
-    cut the cold compile of the two conv kernels training uses from 56 s to 28 s.
+    A function of its own, called with int64 indices (a prange index is uint64 inside the
+    parallel loop, which would compile a second copy): inlined into the kernel, it was
+    compiled again for the parallel loop and for each caller.
     """
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
@@ -616,7 +619,7 @@ def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, po
     for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
         for c in range(C):
             _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
-        for f0 in range(0, F, 3):
+        for f0 in range(3 * g, F, 3 * groups):
             nf = min(3, F - f0)
             for k in range(nf):
                 b = bias[f0 + k]
@@ -653,43 +656,36 @@ def _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window):
 
 @jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                       pool_w, want_window):
+                       pool_w, want_window, groups):
     """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU, then max-pooled
     over non-overlapping pool_h x pool_w windows (1 x 1: no pooling).
 
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,).
     Returns (y: (N, F, out_h // pool_h, out_w // pool_w), window: the same shape, uint8,
     the index of each pool window's maximum when want_window, else of size 0).
-    One task per FORWARD_CHUNK samples: it pads each sample once into buffers of its own
-    (flat planes of pitch Wp), allocated once per task, which stay in cache; three
-    filters share every load of the input.
+    One task per FORWARD_CHUNK samples and group (1 to ceil(F / 3) groups): it pads each
+    sample once into buffers of its own (flat planes of pitch Wp), allocated once per task,
+    which stay in cache; three filters share every load of the input. Groups split a
+    chunk's filter triples between tasks, for batches too small to keep every thread
+    busy; each output is computed the same way for any number of groups.
     """
     y, window = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window)
-    for t in prange((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
+    for t in prange((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK * groups):
+        i = np.int64(t)
         _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                         want_window, y, window, np.int64(t))
-    return y, window
-
-
-@jit(fastmath=_FASTMATH)
-def _conv2d_forward_s1_serial(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              pool_h, pool_w, want_window):
-    """_conv2d_forward_s1 on the calling thread, task by task: the same bits, without
-    waking the thread pool for a batch that makes one task."""
-    y, window = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window)
-    for t in range((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
-        _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                         want_window, y, window, np.int64(t))
+                         want_window, y, window, i // groups, i % groups, groups)
     return y, window
 
 
 @jit(fastmath=_FASTMATH)
 def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h, in_w,
                       pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad, dot_filters,
-                      dx, dw_parts, db_parts, k):
-    """Chunk k (samples k * GRAD_CHUNK ...) of the stride-1 backward kernels: its input
-    gradients into dx, its weight and bias gradients into dw_parts[k] and db_parts[k].
-    Not inlined, for the reason _forward_s1_task gives."""
+                      dx, dw_parts, db_parts, k, g, groups):
+    """Chunk k (samples k * GRAD_CHUNK ...) of _conv2d_backward_s1: its input gradients
+    into dx, its weight and bias gradients into dw_parts[k] and db_parts[k]; of the
+    weight gradient's passes (dot_filters filters each) and the input gradient's channel
+    triples, those numbered g, g + groups, ... A function of its own, for the reason
+    _forward_s1_task gives."""
     N, F, _, _ = dy.shape
     _, C, KH, KW = weight_flipped.shape
     pooled = pool_h * pool_w > 1
@@ -714,6 +710,8 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
             for c in range(C):
                 _flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
             for f in range(F):
+                if (f // dot_filters) % groups != g:
+                    continue  # another group's filter
                 s = scratch[0]
                 d = dz[f, margin:]
                 for p in range(L):
@@ -721,8 +719,7 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
                 db_parts[k, f] += s
             # dot_filters filters per pass (then fewer) share the five source loads
             # of a kernel row.
-            f0 = 0
-            while f0 < F:
+            for f0 in range(dot_filters * g, F, dot_filters * groups):
                 nf = min(dot_filters, F - f0)
                 for c in range(C):
                     for ki in range(KH):
@@ -736,11 +733,10 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
                                        dz[f0 + 1, margin:], src, L, scratch)
                         else:
                             _dot_taps(dw[f0, c, ki], dz[f0, margin:], src, L, scratch)
-                f0 += nf
         if input_grad:
             # dx[q] gathers dy[q - ki * Wp - kj]: a correlation with the flipped kernel
             # rows, three input channels per pass sharing each load of dy.
-            for c0 in range(0, C, 3):
+            for c0 in range(3 * g, C, 3 * groups):
                 nc = min(3, C - c0)
                 for j in range(nc):
                     for p in range(Lin):
@@ -776,7 +772,7 @@ def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad):
 @jit(parallel=True, fastmath=_FASTMATH)
 def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
                         in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
-                        dot_filters):
+                        dot_filters, groups):
     """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
     dy: (N, F, out_h, OW), taken as zero where use_mask and mask (same shape) <= 0 (the
@@ -790,32 +786,21 @@ def _conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fl
     (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
 
     dot_filters (1 to 3): filters per pass of the weight gradient (`DOT_FILTERS`).
+    groups (>= 1): tasks per chunk, which share its passes and channel triples out.
 
-    One task per fixed chunk of GRAD_CHUNK samples. Per sample it pads x and masks dy
-    into buffers of its own, once for every filter and channel; dy gets pitch Wp and a
-    leading margin, so the input gradient gathers without negative indices. Each chunk
-    sums its own weight gradient and the chunks are added in order at the end, so every
-    bit of the result is the same for any thread count.
+    One task per fixed chunk of GRAD_CHUNK samples and group. Per sample it pads x and
+    masks dy into buffers of its own, once for every filter and channel; dy gets pitch Wp
+    and a leading margin, so the input gradient gathers without negative indices. Each
+    chunk sums its own weight gradient (its groups write disjoint filters) and the chunks
+    are added in order at the end, so every bit of the result is the same for any thread
+    count and any number of groups.
     """
     dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad)
-    for k in prange(dw_parts.shape[0]):
+    for t in prange(dw_parts.shape[0] * groups):
+        i = np.int64(t)
         _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
                           in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
-                          dot_filters, dx, dw_parts, db_parts, np.int64(k))
-    return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
-
-
-@jit(fastmath=_FASTMATH)
-def _conv2d_backward_s1_serial(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped,
-                               in_h, in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
-                               input_grad, dot_filters):
-    """_conv2d_backward_s1 on the calling thread, chunk by chunk: the same bits, without
-    waking the thread pool for a batch that makes one chunk."""
-    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad)
-    for k in range(dw_parts.shape[0]):
-        _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
-                          in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
-                          dot_filters, dx, dw_parts, db_parts, np.int64(k))
+                          dot_filters, dx, dw_parts, db_parts, i // groups, i % groups, groups)
     return dx, _sum_parts(dw_parts), _sum_parts(db_parts)
 
 
@@ -850,10 +835,31 @@ def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
     return max(H + pad_top, out_h + KH - 1), max(W + pad_left, out_w + KW - 1)
 
 
-def _forward_s1(x):
-    """The stride-1 forward kernel for x: a batch that makes one task runs on the calling
-    thread (nothing to split)."""
-    return _conv2d_forward_s1_serial if len(x) <= FORWARD_CHUNK else _conv2d_forward_s1
+# Multiply-adds below which a chunk is not split between threads, where waking a
+# thread and padding the sample again would cost about what they save. One float64
+# sample on 2 threads (bench/README.md): conv2 of SEED-ARCH (705 k) forward 47 -> 27 us,
+# backward 98 -> 64 us; conv1 (117 k) forward 12.5 -> 8.7 us.
+_SPLIT_WORK = 50_000
+
+
+def _groups(n, chunk, passes, work):
+    """Tasks per chunk of a batch of n samples: enough to give every Numba thread one
+    when the batch has fewer chunks than threads and a chunk is worth splitting (work
+    multiply-adds per sample), at most one per pass. No result depends on it."""
+    chunks = -(-n // chunk)
+    threads = numba.get_num_threads()
+    if chunks >= threads or min(n, chunk) * work < _SPLIT_WORK:
+        return 1
+    return max(1, min(passes, -(-threads // chunks)))
+
+
+def _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h, pool_w,
+                want_window):
+    """_conv2d_forward_s1, its tasks split for small batches."""
+    F, C, KH, KW = weight.shape
+    groups = _groups(len(x), FORWARD_CHUNK, -(-F // 3), F * C * KH * KW * out_h * out_w)
+    return _conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              pool_h, pool_w, want_window, groups)
 
 
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
@@ -868,8 +874,8 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _forward_s1(x)(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, 1, 1,
-                          False)[0]
+    return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, 1, 1,
+                       False)[0]
 
 
 def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
@@ -883,8 +889,8 @@ def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, ou
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _forward_s1(x)(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                          pool_w, want_window)
+    return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
+                       pool_w, want_window)
 
 
 def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
@@ -950,10 +956,12 @@ def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, 
     Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
     # Only the input gradient reads the (flipped) weight; otherwise just its shape.
     flipped = _flipped(weight) if input_grad else weight
-    # A batch that makes one chunk runs on the calling thread: nothing to split.
-    kernel = _conv2d_backward_s1_serial if len(dy) <= GRAD_CHUNK else _conv2d_backward_s1
-    dx, dw, db = kernel(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h, in_w, pad_top,
-                        pad_left, Hp, Wp, out_h, weight_grad, input_grad, DOT_FILTERS)
+    F, C = weight.shape[:2]
+    groups = _groups(len(dy), GRAD_CHUNK, max(-(-F // DOT_FILTERS), -(-C // 3)),
+                     F * C * KH * KW * out_h * out_w * (weight_grad + input_grad))
+    dx, dw, db = _conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
+                                     in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
+                                     input_grad, DOT_FILTERS, groups)
     return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
 

@@ -281,30 +281,35 @@ def test_conv2d_backward_across_sample_chunks(batch, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("pool", [1, 2])
-def test_serial_twins_give_the_parallel_kernels_bits(dtype, pool, rng):
-    """Small batches run the stride-1 kernels' serial twins: every sample and every
-    gradient must have the bits the thread-pool kernels give it inside a large batch."""
-    x = rng.standard_normal((21, 3, 12, 10)).astype(dtype)
-    wt = rng.standard_normal((5, 3, 5, 3)).astype(dtype)
-    b = rng.standard_normal(5).astype(dtype)
+@pytest.mark.parametrize("filters,channels", [(5, 3), (7, 2), (6, 6)])
+def test_task_groups_give_the_same_bits(dtype, pool, filters, channels, rng):
+    """Small batches split each chunk's filters and channels between tasks: every sample
+    and every gradient must have the bits of one task per chunk, for any number of
+    groups (including more than there are filter passes), and a sample alone the bits it
+    gets inside a large batch."""
+    x = rng.standard_normal((21, channels, 12, 10)).astype(dtype)
+    wt = rng.standard_normal((filters, channels, 5, 3)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
     pt, pl, oh, ow = geo = functional.conv_geometry(12, 10, (5, 3), (1, 1), "same")
     Hp, Wp = conv_kernels._s1_geometry(12, 10, oh, ow, 5, 3, pt, pl)
     forward_args = (wt, b, pt, pl, Hp, Wp, oh, ow, True, pool, pool, pool > 1)
-    y, window = conv_kernels._conv2d_forward_s1(x, *forward_args)
-    for n in range(len(x)):  # one sample at a time, as the serial twin runs it
-        y1, w1 = conv_kernels._conv2d_forward_s1_serial(x[n:n + 1], *forward_args)
-        np.testing.assert_array_equal(y1[0], y[n])
-        np.testing.assert_array_equal(w1, window[n:n + 1] if pool > 1 else w1)
-    assert np.array_equal(kernels.conv2d_forward(x[:4], wt, b, 1, 1, *geo, True),
-                          kernels.conv2d_forward(x, wt, b, 1, 1, *geo, True)[:4])
+    y, window = conv_kernels._conv2d_forward_s1(x, *forward_args, 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     flipped = conv_kernels._flipped(wt)
     backward_args = (dy, y, True, window if pool > 1 else conv_kernels._NO_WINDOW, pool, pool,
                      flipped, 12, 10, pt, pl, Hp, Wp, oh, True, True, conv_kernels.DOT_FILTERS)
-    parallel = conv_kernels._conv2d_backward_s1(x, *backward_args)
-    serial = conv_kernels._conv2d_backward_s1_serial(x, *backward_args)
-    for got, want in zip(serial, parallel, strict=True):
-        np.testing.assert_array_equal(got, want)
+    whole = conv_kernels._conv2d_backward_s1(x, *backward_args, 1)
+    for groups in (2, 3, 5):
+        y2, window2 = conv_kernels._conv2d_forward_s1(x, *forward_args, groups)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(window2, window)
+        split = conv_kernels._conv2d_backward_s1(x, *backward_args, groups)
+        for got, want in zip(split, whole, strict=True):
+            np.testing.assert_array_equal(got, want)
+    for n in (0, 20):  # one sample, through the dispatch that picks the groups
+        alone = kernels.conv2d_forward(x[n:n + 1], wt, b, 1, 1, *geo, True)
+        np.testing.assert_array_equal(
+            alone[0], kernels.conv2d_forward(x, wt, b, 1, 1, *geo, True)[n])
 
 
 @pytest.mark.parametrize("group", [1, 2, 3])
