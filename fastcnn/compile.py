@@ -5,23 +5,41 @@ first-use compile. It runs, on zeros, what the commands run: SEED-ARCH training 
 and SGD) and inference in float32 (any batch size runs the same kernels), and the
 per-sample float64 layers of fastcnn.compat.
 Then it prints the seconds each kernel took to compile; kernels already in the cache
-load in milliseconds and are not listed.
+load in milliseconds and are not listed. Into a fresh, writable cache it compiles its
+two parts (training, the drop-in) in two processes at once where the machine has two
+cores, then loads everything back in this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import multiprocessing
+import os
+import queue
 import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
+from tqdm import tqdm
 
 from . import compat
-from .cli import ArgumentParser, run_cli, threads_option
-from .compiling import CompileLog, cache_location, compile_progress
+from .cli import ArgumentParser, CLIError, run_cli, threads_option
+from .compiling import (
+    CompileLog,
+    announce_if_cold,
+    cache_is_cold,
+    cache_is_writable,
+    cache_location,
+    compile_progress,
+)
 from .fileio import atomic_write_text
 from .model import seed_arch
 from .optim import SGD, Adam
@@ -34,15 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None,
                    help="write the seconds each kernel took to compile to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--processes", type=int, default=None,
+                   help="processes that compile at once into a fresh cache (default: the "
+                        "CPUs this process may use, at most 2; 1 compiles here only)")
     return p
 
 
 def compile_all() -> None:
     """Run every kernel path once on zeros (weights and the global np.random untouched)."""
+    for part in PARTS.values():
+        part()
+
+
+def _compile_training() -> None:
+    """SEED-ARCH training (Adam and SGD) and inference, float32."""
     model = seed_arch(0)
     for optimizer in (Adam(0.001), SGD(0.01, momentum=0.9)):
         model.warmup(optimizer)
-    # fastcnn.compat: the notebook's network, per sample and batched (predict), float64.
+
+
+def _compile_compat() -> None:
+    """fastcnn.compat: the notebook's network, per sample and batched (predict), float64."""
     state = np.random.get_state()  # noqa: NPY002 (compat draws from it, as the notebook)
     try:
         net = compat.SimpleCNN(*_notebook_layers())
@@ -53,6 +83,48 @@ def compile_all() -> None:
             net.predict(images, np.zeros(len(images), dtype=np.int64), range(10))
     finally:
         np.random.set_state(state)  # noqa: NPY002
+
+
+# Independent parts: no kernel signature of one is compiled by the other.
+PARTS: dict[str, Callable[[], None]] = {"training": _compile_training,
+                                        "compat": _compile_compat}
+
+
+def _compile_part(name: str, events: queue.Queue) -> list[tuple[str, str, float]]:
+    """In a worker process: compile one part silently (the drop-in announces its own
+    compiles on stderr), sending each kernel to events."""
+    with contextlib.redirect_stderr(io.StringIO()), compile_progress(
+            quiet=True, on_kernel=events.put) as log:
+        PARTS[name]()
+    return log.kernels
+
+
+def compile_in_processes(processes: int, quiet: bool) -> CompileLog:
+    """Compile the parts in worker processes, which write the on-disk cache; one bar
+    here counts their kernels. Returns what they compiled."""
+    log = CompileLog()
+    context = multiprocessing.get_context("spawn")  # no forked Numba or thread pools
+    bar = None if quiet else tqdm(desc="compiling", unit=" kernels", leave=False)
+    with context.Manager() as manager, ProcessPoolExecutor(processes, context) as pool:
+        events = manager.Queue()
+        futures = [pool.submit(_compile_part, name, events) for name in PARTS]
+        while not all(f.done() for f in futures) or not events.empty():
+            try:
+                name, _, _ = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
+                bar.update(1)
+        for future in futures:
+            log.kernels.extend(future.result())  # a worker's error is raised here
+    if bar is not None:
+        bar.close()
+    return log
+
+
+def _default_processes() -> int:
+    return max(1, min(len(PARTS), len(os.sched_getaffinity(0))))
 
 
 def _notebook_layers() -> tuple:
@@ -80,17 +152,32 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     threads_option(args.threads)
+    processes = _default_processes() if args.processes is None else args.processes
+    if processes < 1:
+        raise CLIError(f"--processes must be at least 1, got {processes}")
     start = time.perf_counter()
+    workers = CompileLog()
+    # Workers help only where they can leave their work in a cache this process reads.
+    if processes > 1 and cache_is_cold() and cache_is_writable():
+        announce_if_cold()
+        try:
+            workers = compile_in_processes(processes, args.quiet)
+        except BrokenProcessPool as exc:  # a worker died: what it left undone compiles here
+            print(f"fastcnn: a compiling process failed ({exc}); compiling the rest here",
+                  file=sys.stderr)
     with warnings.catch_warnings():
         # Numba says so when it cannot write its cache (a read-only install): keep it.
         warnings.simplefilter("default")
-        with compile_progress(quiet=args.quiet) as log:
-            compile_all()
+        with compile_progress(quiet=args.quiet, announced=bool(workers.kernels)) as here:
+            compile_all()  # loads what the workers cached; compiles anything they did not
     seconds = time.perf_counter() - start
+    log = CompileLog(workers.kernels + here.kernels)
     print(report(log, seconds))
     if args.json:
         atomic_write_text(args.json, json.dumps(
-            {"seconds": seconds, "cache": cache_location(), "kernels": log.table()}, indent=2)
+            {"seconds": seconds, "cache": cache_location(), "kernels": log.table(),
+             "processes": processes if workers.kernels else 1,
+             "compiled_in_main_process": [name for name, _, _ in here.kernels]}, indent=2)
             + "\n")
     return 0
 

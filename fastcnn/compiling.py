@@ -9,9 +9,10 @@ listener also records how long each kernel took (``CompileLog.kernels``).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,17 +45,36 @@ def _announcement() -> str:
             f"load them from the cache: {cache_location()}")
 
 
-def announce_if_cold(out: TextIO | None = None) -> bool:
-    """Say now that the kernels will compile if the cache holds none of the convolution's
-    (a fresh install), before slower work such as loading data; returns whether it did."""
+def cache_is_cold() -> bool:
+    """Whether the on-disk cache holds none of the convolution's kernels (a fresh
+    install); False when caching is off or Numba lays its cache out otherwise."""
     from .kernels import conv
 
     try:
         index = conv._conv2d_backward_s1._cache._cache_file._index_path  # Numba's layout
     except AttributeError:
-        return False  # caching off, or another Numba: the compile itself will say it
-    if Path(index).exists():
         return False
+    return not Path(index).exists()
+
+
+def cache_is_writable() -> bool:
+    """Whether this process can write the kernels' cache folder (or create it)."""
+    from .kernels import conv
+
+    path = getattr(getattr(conv._conv2d_forward_s1, "_cache", None), "_cache_path", None)
+    if not _jit.CACHE or path is None:
+        return False
+    folder = Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def announce_if_cold(out: TextIO | None = None) -> bool:
+    """Say now that the kernels will compile if the cache is cold, before slower work
+    such as loading data; returns whether it did."""
+    if not cache_is_cold():
+        return False  # warm, or caching off: the compile itself will say it
     print(_announcement(), file=out or sys.stderr, flush=True)
     return True
 
@@ -77,8 +97,9 @@ class CompileLog:
 class _Listener(event.Listener):
     """Counts the outermost fastcnn kernels that compile (helpers compile inside them)."""
 
-    def __init__(self, log: CompileLog, quiet: bool, out: TextIO, announced: bool) -> None:
-        self.log, self.quiet, self.out = log, quiet, out
+    def __init__(self, log: CompileLog, quiet: bool, out: TextIO, announced: bool,
+                 on_kernel: Callable[[tuple[str, str, float]], object] | None) -> None:
+        self.log, self.quiet, self.out, self.on_kernel = log, quiet, out, on_kernel
         self.already_announced = announced
         self.depth = 0
         self.started = 0.0
@@ -119,20 +140,24 @@ class _Listener(event.Listener):
             return
         types = ", ".join(str(t) for t in ev.data["args"])
         self.log.kernels.append((name, types, time.perf_counter() - self.started))
+        if self.on_kernel is not None:
+            self.on_kernel(self.log.kernels[-1])
         if self.bar is not None:
             self.bar.update(1)
 
 
 @contextmanager
-def compile_progress(quiet: bool = False, out: TextIO | None = None,
-                     announced: bool = False) -> Iterator[CompileLog]:
+def compile_progress(quiet: bool = False, out: TextIO | None = None, announced: bool = False,
+                     on_kernel: Callable[[tuple[str, str, float]], object] | None = None
+                     ) -> Iterator[CompileLog]:
     """Announce and count the kernels that compile inside the block (nothing if none do).
 
     The line is printed even when ``quiet`` (the bar is not), and not again when
-    ``announce_if_cold`` already printed it (``announced``).
+    ``announce_if_cold`` already printed it (``announced``). ``on_kernel`` gets each
+    kernel's (name, types, seconds) as it finishes compiling.
     """
     log = CompileLog()
-    listener = _Listener(log, quiet, out or sys.stderr, announced)
+    listener = _Listener(log, quiet, out or sys.stderr, announced, on_kernel)
     event.register("numba:compile", listener)
     try:
         yield log

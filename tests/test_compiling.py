@@ -59,6 +59,31 @@ def test_compile_command_compiles_then_finds_everything_cached(tmp_path, capsys)
     assert capsys.readouterr().out.startswith("fastcnn: every kernel was already compiled")
 
 
+def test_a_fresh_cache_is_compiled_in_two_processes_and_then_loads(tmp_path):
+    """Into an empty cache, fastcnn.compile's two parts compile in worker processes: this
+    process then loads every kernel they cached and compiles none itself."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "fastcnn.compile", "--quiet", "--processes", "2"]
+    cold = subprocess.run([*command, "--json", str(tmp_path / "c.json")], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert cold.returncode == 0, cold.stderr
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["processes"] == 2 and report["compiled_in_main_process"] == []
+    kernels = {(row["kernel"], "float64" in row["types"]) for row in report["kernels"]}
+    assert {("conv._conv2d_backward_s1", False), ("conv._conv2d_backward_s1", True),
+            ("dense._dense_backward", False), ("compat.softmax_forward", True)} <= kernels
+    # One announcement: the workers are silent.
+    assert cold.stderr.count("fastcnn: compiling its kernels") == 1
+    warm = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert warm.returncode == 0 and warm.stderr == ""
+    assert warm.stdout.startswith("fastcnn: every kernel was already compiled")
+
+
+def test_compile_rejects_zero_processes(capsys):
+    assert compile_command.main(["--processes", "0"]) == 2
+    assert "--processes must be at least 1" in capsys.readouterr().err
+
+
 def _run(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           timeout=300)
