@@ -182,16 +182,20 @@ class Sequential:
         optimizer.step(self.parameters(), self.gradients())
         return loss
 
-    def warmup(self, optimizer: Optimizer | None = None) -> float:
+    def warmup(self, optimizer: Optimizer | None = None,
+               before_backward: Callable[[], object] | None = None) -> float:
         """Compile (or load from cache) every kernel the model uses in training and
         inference, and the optimizer's update if given; returns seconds. The weights and
-        the optimizer's state stay as they were."""
+        the optimizer's state stay as they were. ``before_backward`` runs between the
+        forward and backward passes (to wait for kernels another process compiles)."""
         start = time.perf_counter()
         # Every batch size runs the same kernels: two samples compile them all.
         n = 2
         x = np.zeros((n, *self.input_shape), dtype=self.dtype)
         self.forward(x)
         self.loss(self.forward(x, training=True), np.zeros(n, dtype=np.int64))
+        if before_backward is not None:
+            before_backward()
         self.backward(self.loss.backward())
         if optimizer is not None:
             # A copy steps copies of the weights: the first epoch then times no compiling.

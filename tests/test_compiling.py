@@ -84,6 +84,42 @@ def test_compile_rejects_zero_processes(capsys):
     assert "--processes must be at least 1" in capsys.readouterr().err
 
 
+def _train_cold(tmp_path, *args):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "fastcnn.train", *args], capture_output=True,
+                          text=True, env=env, timeout=900)
+
+
+def test_a_cold_training_run_compiles_beside_and_trains_bit_identically(tmp_path):
+    """On an empty cache, train hands the convolution's backward kernel to a second
+    process and loads it from the cache: the model is the one a warm run trains."""
+    metrics = []
+    for name in ("cold", "warm"):
+        proc = _train_cold(tmp_path, "--dataset", "sample", "--epochs", "1", "--limit", "640",
+                           "--quiet", "--out", str(tmp_path / name), "--metrics-json",
+                           str(tmp_path / f"{name}.json"))
+        assert proc.returncode == 0, proc.stderr
+        metrics.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    cold, warm = metrics
+    assert cold["compiled_in_second_process"] == ["conv._conv2d_backward_s1"]
+    kernels = [row["kernel"] for row in cold["compiled_kernels"]]
+    assert kernels.count("conv._conv2d_backward_s1") == 1 and "dense._dense_backward" in kernels
+    assert warm["compiled_kernels"] == [] and warm["compiled_in_second_process"] == []
+    with np.load(tmp_path / "cold" / "model.npz") as a, \
+            np.load(tmp_path / "warm" / "model.npz") as b:
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_failing_cold_run_does_not_wait_for_the_second_process(tmp_path):
+    proc = _train_cold(tmp_path, "--data-dir", str(tmp_path / "missing"), "--epochs", "1")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    # The helper was stopped with the run, long before it could cache the kernel.
+    assert (tmp_path / "cache").exists()
+    assert not list((tmp_path / "cache").rglob("*_conv2d_backward_s1*.nbc"))
+
+
 def _run(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           timeout=300)
