@@ -85,31 +85,6 @@ def _compile_compat() -> None:
         np.random.set_state(state)  # noqa: NPY002
 
 
-def compile_backward(dtype: str, layers: tuple[str, ...]) -> None:
-    """Compile the backward kernels of the stride-1 convolution ("conv") and of the dense
-    layer ("dense") in dtype, on tiny zeros: a kernel's signature depends on types, not
-    shapes, so a training run can compile them before its forward pass produced
-    activations (and have a second process compile some)."""
-    from .kernels import conv, dense
-
-    x = np.zeros((1, 1, 4, 4), dtype=dtype)
-    if "conv" in layers:  # the pooled backward runs the same kernel
-        conv.conv2d_backward(x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True, 1, 1, 1, 1,
-                             True)
-    if "dense" in layers:
-        flat = x.reshape(1, -1)
-        dense.dense_backward(flat, np.zeros((16, 2), dtype=dtype), flat[:, :2], flat[:, :2],
-                             True, True)
-
-
-def compile_backward_silently(dtype: str, layers: tuple[str, ...]
-                              ) -> list[tuple[str, str, float]]:
-    """compile_backward in a helper process: nothing printed; returns the kernels."""
-    with contextlib.redirect_stderr(io.StringIO()), compile_progress(quiet=True) as log:
-        compile_backward(dtype, layers)
-    return log.kernels
-
-
 # Independent parts: no kernel signature of one is compiled by the other.
 PARTS: dict[str, Callable[[], None]] = {"training": _compile_training,
                                         "compat": _compile_compat}

@@ -9,6 +9,8 @@ listener also records how long each kernel took (``CompileLog.kernels``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 from numba.core import event
 from tqdm import tqdm
 
@@ -79,50 +82,75 @@ def announce_if_cold(out: TextIO | None = None) -> bool:
     return True
 
 
-def _run_part(part: Callable[..., list[tuple[str, str, float]]], args: tuple,
-              connection: Any) -> None:
-    """In the spawned process: run part, send back its log rows (or [] if it failed)."""
-    try:
-        kernels = part(*args)
-    except Exception:  # noqa: BLE001 (the parent then compiles these kernels itself)
-        kernels = []
-    connection.send(kernels)
-    connection.close()
+def compile_backward(dtype: str, layers: tuple[str, ...]) -> None:
+    """Compile the backward kernels of the stride-1 convolution ("conv") and of the dense
+    layer ("dense") in dtype, on tiny zeros: a kernel's signature depends on types, not
+    shapes, so a training run can compile them before its forward pass produced
+    activations (and have a second process compile some)."""
+    from .kernels import conv, dense
+
+    x = np.zeros((1, 1, 4, 4), dtype=dtype)
+    if "conv" in layers:  # the pooled backward runs the same kernel
+        conv.conv2d_backward(x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True, 1, 1, 1, 1,
+                             True)
+    if "dense" in layers:
+        flat = x.reshape(1, -1)
+        dense.dense_backward(flat, np.zeros((16, 2), dtype=dtype), flat[:, :2], flat[:, :2],
+                             True, True)
+
+
+def compile_backward_silently(dtype: str, layers: tuple[str, ...]
+                              ) -> list[tuple[str, str, float]]:
+    """compile_backward in a helper process: nothing printed; returns the kernels."""
+    with contextlib.redirect_stderr(io.StringIO()), compile_progress(quiet=True) as log:
+        compile_backward(dtype, layers)
+    return log.kernels
+
+
+# The helper process: a fresh interpreter (not multiprocessing, whose spawn re-runs the
+# user's unguarded __main__ script), which prints its log rows as JSON.
+_HELPER = ("import json, sys; from fastcnn.compiling import compile_backward_silently as f; "
+           "print(json.dumps(f(sys.argv[1], tuple(sys.argv[2:]))))")
 
 
 class BesideCompile:
-    """A function that compiles kernels (and returns their log rows), run in a spawned
-    process so that it compiles while this one compiles others; it writes them to the
-    on-disk cache, from which this process then loads them. ``wait()`` before the first
-    call that needs them. The process is a daemon: a run that fails before waiting
-    exits at once, and a failed process only means this one compiles the kernels."""
+    """compile_backward(dtype, layers) in a second Python process, so that it compiles
+    while this one compiles other kernels; it writes them to the on-disk cache, from
+    which this process then loads them. ``wait()`` before the first call that needs
+    them. The process is stopped if this one exits first, and a failed process only
+    means this one compiles the kernels itself."""
 
-    def __init__(self, part: Callable[..., list[tuple[str, str, float]]], *args: object) -> None:
-        import multiprocessing
+    def __init__(self, dtype: str, layers: tuple[str, ...]) -> None:
+        import atexit
+        import subprocess
 
-        context = multiprocessing.get_context("spawn")  # no forked Numba or thread pools
-        self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_run_part, args=(part, args, send),
-                                        daemon=True)
-        self._process.start()
-        send.close()
+        self._process = subprocess.Popen([sys.executable, "-c", _HELPER, dtype, *layers],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True)
+        atexit.register(self._stop)
         self.kernels: list[tuple[str, str, float]] = []
 
+    def _stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def wait(self) -> None:
+        import json
+
+        out, _ = self._process.communicate()
         try:
-            self.kernels = self._receive.recv()
-        except EOFError:  # it died: its kernels compile here
+            self.kernels = [tuple(row) for row in json.loads(out)]
+        except ValueError:  # it failed: its kernels compile here
             self.kernels = []
-        self._process.join()
 
 
-def compile_beside(part: Callable[..., list[tuple[str, str, float]]], *args: object
-                   ) -> BesideCompile | None:
-    """BesideCompile(part, *args) where it can help: a cold, writable cache and a second
+def compile_beside(dtype: str, layers: tuple[str, ...]) -> BesideCompile | None:
+    """BesideCompile(dtype, layers) where it can help: a cold, writable cache and a second
     CPU for this process; else None."""
     if len(os.sched_getaffinity(0)) < 2 or not cache_is_cold() or not cache_is_writable():
         return None
-    return BesideCompile(part, *args)
+    return BesideCompile(dtype, layers)
 
 
 @dataclass

@@ -32,8 +32,12 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import optim, plots
 from .cli import ArgumentParser, CLIError, run_cli, threads_option
-from .compile import compile_backward, compile_backward_silently
-from .compiling import announce_if_cold, compile_beside, compile_progress
+from .compiling import (
+    announce_if_cold,
+    compile_backward,
+    compile_beside,
+    compile_progress,
+)
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
@@ -262,8 +266,7 @@ def _main(argv: list[str] | None) -> int:
     announced = args.backend == "numba" and announce_if_cold()
     # A cold cache: a second process compiles the convolution's backward kernel (the
     # longest) meanwhile; this one compiles the rest.
-    beside = (compile_beside(compile_backward_silently, "float32", ("conv",)) if announced
-              else None)
+    beside = compile_beside("float32", ("conv",)) if announced else None
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)

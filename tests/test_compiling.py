@@ -112,6 +112,41 @@ def test_a_cold_training_run_compiles_beside_and_trains_bit_identically(tmp_path
             np.testing.assert_array_equal(a[key], b[key])
 
 
+_NOTEBOOK_TRAIN = """
+import json, numpy as np
+from fastcnn.compat import SimpleCNN, ConvLayer, ReLU, MaxPool, FeedForward, Softmax
+from fastcnn.compiling import compile_progress
+np.random.seed(0)
+model = SimpleCNN(ConvLayer(input_shape=(1, 28, 28), kernel_size=5, num_kernels=6, padding=0),
+                  ReLU(), ConvLayer(input_shape=(6, 28, 28), kernel_size=5, num_kernels=6,
+                  padding=0), ReLU(), MaxPool(), FeedForward(6 * 14 * 14, 100), ReLU(),
+                  Softmax(100, 10))
+images = np.random.randint(0, 256, (12, 28, 28)).astype(np.uint8)
+with compile_progress(quiet=True) as log:
+    model.train(images, np.arange(12) % 10, None, None, epochs=1)
+print(json.dumps({"compiled": [name for name, _, _ in log.kernels],
+                  "kernels": model.ConvLayer_1.kernels.tolist()}))
+"""
+
+
+def test_the_drop_in_compiles_its_conv_backward_beside_on_a_cold_cache(tmp_path):
+    """The notebook's train on an empty cache: its first forward pass compiles here while
+    a second process compiles the convolution's backward kernel, which this process then
+    loads; the weights are a warm run's, bit for bit."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in ("cold", "warm"):
+        proc = subprocess.run([sys.executable, "-c", _NOTEBOOK_TRAIN], capture_output=True,
+                              text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout.splitlines()[-1]))
+    cold, warm = runs
+    assert "conv._conv2d_forward_s1" in cold["compiled"]
+    assert "conv._conv2d_backward_s1" not in cold["compiled"]  # loaded: compiled beside
+    assert list((tmp_path / "cache").rglob("*_conv2d_backward_s1*.nbi"))
+    assert warm["compiled"] == [] and cold["kernels"] == warm["kernels"]
+
+
 def test_a_failing_cold_run_does_not_wait_for_the_second_process(tmp_path):
     proc = _train_cold(tmp_path, "--data-dir", str(tmp_path / "missing"), "--epochs", "1")
     assert proc.returncode == 2 and "does not exist" in proc.stderr

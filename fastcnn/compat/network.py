@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..compiling import compile_progress
+from ..compiling import (
+    announce_if_cold,
+    compile_beside,
+    compile_progress,
+)
 from ..kernels.compat import dense_forward_batch, maxpool_forward_batch, softmax_forward_batch
 from ..threads import one_blas_thread
 from .layers import ConvLayer, FeedForward, MaxPool, ReLU, Softmax, _dense_params, _real
@@ -187,12 +191,19 @@ class SimpleCNN:
         train_data, train_labels = trainset[permutation], train_labels[permutation]
         own_backprop = type(self).backprop is SimpleCNN.backprop
         print("Training...")
+        # A cold cache: a second process compiles the convolution's backward kernel (the
+        # longest) while the first forward pass compiles the rest.
+        announced = announce_if_cold()
+        beside = compile_beside("float64", ("conv",)) if announced else None
         for epoch in range(int(epochs)):
             losses = np.empty(len(train_data))
-            with compile_progress(), one_blas_thread():
+            with compile_progress(announced=announced), one_blas_thread():
                 samples = tqdm(zip(train_data, train_labels, strict=True), total=len(train_data))
                 for n, (image, label) in enumerate(samples):
                     out = self.forward(image)
+                    if beside is not None:  # before the first backprop: load, not compile
+                        beside.wait()
+                        beside = None
                     losses[n] = -np.log(out[label])
                     gradient = np.zeros(len(out))
                     gradient[label] = -1 / out[label]
