@@ -99,9 +99,10 @@ def _compile_part(name: str, events: queue.Queue) -> list[tuple[str, str, float]
     return log.kernels
 
 
-def compile_in_processes(processes: int, quiet: bool) -> CompileLog:
+def _compile_in_processes(processes: int, quiet: bool) -> CompileLog:
     """Compile the parts in worker processes, which write the on-disk cache; one bar
-    here counts their kernels. Returns what they compiled."""
+    here counts their kernels. Returns what they compiled. Only for this command's
+    __main__: multiprocessing's spawn re-imports the main script of the caller."""
     log = CompileLog()
     context = multiprocessing.get_context("spawn")  # no forked Numba or thread pools
     bar = None if quiet else tqdm(desc="compiling", unit=" kernels", leave=False)
@@ -161,7 +162,7 @@ def _main(argv: list[str] | None) -> int:
     if processes > 1 and cache_is_cold() and cache_is_writable():
         announce_if_cold()
         try:
-            workers = compile_in_processes(processes, args.quiet)
+            workers = _compile_in_processes(processes, args.quiet)
         except BrokenProcessPool as exc:  # a worker died: what it left undone compiles here
             print(f"fastcnn: a compiling process failed ({exc}); compiling the rest here",
                   file=sys.stderr)
