@@ -5,6 +5,10 @@ compiles it prints one line saying what is happening, roughly how long it takes 
 where the cache lives; then a tqdm bar on stderr counts the kernels as they compile.
 Kernels loaded from the cache compile nothing, so a warm run prints nothing. The
 listener also records how long each kernel took (``CompileLog.kernels``).
+
+On a cold cache, ``compile_beside`` has a second process compile the backward kernels
+(``compile_backward``, on tiny zeros: a signature depends on types, not shapes) while
+this one compiles the forward ones; this process then loads them from the cache.
 """
 
 from __future__ import annotations
