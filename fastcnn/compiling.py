@@ -154,7 +154,10 @@ def compile_beside(dtype: str, layers: tuple[str, ...]) -> BesideCompile | None:
     CPU for this process; else None."""
     if len(os.sched_getaffinity(0)) < 2 or not cache_is_cold() or not cache_is_writable():
         return None
-    return BesideCompile(dtype, layers)
+    try:
+        return BesideCompile(dtype, layers)
+    except OSError:  # no interpreter to start (an embedded Python): compile here
+        return None
 
 
 @dataclass

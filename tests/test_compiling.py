@@ -147,6 +147,15 @@ def test_the_drop_in_compiles_its_conv_backward_beside_on_a_cold_cache(tmp_path)
     assert warm["compiled"] == [] and cold["kernels"] == warm["kernels"]
 
 
+def test_no_helper_process_where_none_can_start(monkeypatch):
+    import fastcnn.compiling as compiling
+
+    monkeypatch.setattr(compiling, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(compiling, "cache_is_writable", lambda: True)
+    monkeypatch.setattr(compiling.sys, "executable", "/nonexistent/python")
+    assert compiling.compile_beside("float32", ("conv",)) is None
+
+
 def test_a_failing_cold_run_does_not_wait_for_the_second_process(tmp_path):
     proc = _train_cold(tmp_path, "--data-dir", str(tmp_path / "missing"), "--epochs", "1")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
