@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import multiprocessing
-import os
 import queue
 import re
 import sys
@@ -39,6 +38,7 @@ from .compiling import (
     cache_is_writable,
     cache_location,
     compile_progress,
+    usable_cpus,
 )
 from .fileio import atomic_write_text
 from .model import seed_arch
@@ -125,7 +125,7 @@ def _compile_in_processes(processes: int, quiet: bool) -> CompileLog:
 
 
 def _default_processes() -> int:
-    return max(1, min(len(PARTS), len(os.sched_getaffinity(0))))
+    return max(1, min(len(PARTS), usable_cpus()))
 
 
 def _notebook_layers() -> tuple:

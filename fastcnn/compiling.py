@@ -149,10 +149,17 @@ class BesideCompile:
             self.kernels = []
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def compile_beside(dtype: str, layers: tuple[str, ...]) -> BesideCompile | None:
     """BesideCompile(dtype, layers) where it can help: a cold, writable cache and a second
     CPU for this process; else None."""
-    if len(os.sched_getaffinity(0)) < 2 or not cache_is_cold() or not cache_is_writable():
+    if usable_cpus() < 2 or not cache_is_cold() or not cache_is_writable():
         return None
     try:
         return BesideCompile(dtype, layers)

@@ -156,6 +156,15 @@ def test_no_helper_process_where_none_can_start(monkeypatch):
     assert compiling.compile_beside("float32", ("conv",)) is None
 
 
+def test_usable_cpus_where_the_os_has_no_affinity(monkeypatch):
+    import fastcnn.compiling as compiling
+
+    assert compiling.usable_cpus() >= 1
+    monkeypatch.delattr(compiling.os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(compiling.os, "cpu_count", lambda: 3)
+    assert compiling.usable_cpus() == 3
+
+
 def test_a_failing_cold_run_does_not_wait_for_the_second_process(tmp_path):
     proc = _train_cold(tmp_path, "--data-dir", str(tmp_path / "missing"), "--epochs", "1")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
