@@ -298,9 +298,14 @@ def _main(argv: list[str] | None) -> int:
             initial_state = check_fit_state(resumed.state, args.epochs, steps, optimizer, True)
         except (TypeError, ValueError) as exc:
             raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
+
+    def before_backward() -> None:
+        # The dense backward compiles here while the helper compiles the conv's.
+        compile_backward("float32", ("dense",))
+        beside.wait()
+
     with compile_progress(quiet=args.quiet, announced=announced) as compile_log:
-        compile_seconds = model.warmup(optimizer, None if beside is None else lambda: (
-            compile_backward("float32", ("dense",)), beside.wait()))
+        compile_seconds = model.warmup(optimizer, None if beside is None else before_backward)
     if beside is not None:
         compile_log.kernels.extend(beside.kernels)
     say = print
