@@ -39,10 +39,10 @@ def cache_location() -> str:
     """Where Numba keeps fastcnn's compiled kernels, in words."""
     if not _jit.CACHE:
         return "nowhere: FASTCNN_NUMBA_CACHE=0 turns the cache off, so every run compiles"
-    from .kernels import conv
+    from .kernels.conv import flat
 
     # Numba's choice: beside the sources, else NUMBA_CACHE_DIR or the user's cache folder.
-    kernel = conv._conv2d_forward_s1
+    kernel = flat.conv2d_forward_s1
     path = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
     return str(path) if path else "Numba's cache folder"
 
@@ -55,10 +55,10 @@ def _announcement() -> str:
 def cache_is_cold() -> bool:
     """Whether the on-disk cache holds none of the convolution's kernels (a fresh
     install); False when caching is off or Numba lays its cache out otherwise."""
-    from .kernels import conv
+    from .kernels.conv import flat
 
     try:
-        index = conv._conv2d_backward_s1._cache._cache_file._index_path  # Numba's layout
+        index = flat.conv2d_backward_s1._cache._cache_file._index_path  # Numba's layout
     except AttributeError:
         return False
     return not Path(index).exists()
@@ -66,9 +66,9 @@ def cache_is_cold() -> bool:
 
 def cache_is_writable() -> bool:
     """Whether this process can write the kernels' cache folder (or create it)."""
-    from .kernels import conv
+    from .kernels.conv import flat
 
-    path = getattr(getattr(conv._conv2d_forward_s1, "_cache", None), "_cache_path", None)
+    path = getattr(getattr(flat.conv2d_forward_s1, "_cache", None), "_cache_path", None)
     if not _jit.CACHE or path is None:
         return False
     folder = Path(path)

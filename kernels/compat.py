@@ -14,8 +14,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
+from ._tuning import COMPAT_ROWS as _ROWS
 
-_ROWS = 8  # samples per pass over a dense weight: it is read once for all of them
 # exp overflows float64 above ~709.78: below this no shift is needed, and none is made.
 EXP_SAFE = 700.0
 

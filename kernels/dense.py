@@ -8,32 +8,27 @@ cores; these kernels give the products to those workers instead. Every output be
 to one task and is summed in a fixed order, so no result depends on the thread count.
 Long rows carry the vector loops: the forward pass takes dot products along K; the
 input gradient sweeps rows of weight transposed (length K), and the weight gradient rows
-of dy (padded to a multiple of 16) with the samples as taps. Below _SMALL_BATCH samples
-both passes read the weight in place instead of transposing it.
+of dy (padded to a multiple of 16) with the samples as taps. Below DENSE_SMALL_BATCH
+samples both passes read the weight in place instead of transposing it.
 """
 
 import numpy as np
 from numba import prange
 
-from ._jit import jit
-
-_FASTMATH = {"reassoc", "contract"}
-_TILE = 16  # rows per transpose task: a tile's writes share cache lines
-# Below this many samples the products are memory-bound: the kernels read the weight
-# in place rather than pay for its transpose.
-_SMALL_BATCH = 16
+from ._jit import FASTMATH, jit
+from ._tuning import DENSE_SMALL_BATCH, DENSE_TILE
 
 
 @jit(inline="always")
 def _transpose_into(out, a, t):
-    """Rows t * _TILE ... of a (R, S) into columns of out (S, R)."""
+    """Rows t * DENSE_TILE ... of a (R, S) into columns of out (S, R)."""
     R, S = a.shape
-    for r in range(t * _TILE, min(R, (t + 1) * _TILE)):
+    for r in range(t * DENSE_TILE, min(R, (t + 1) * DENSE_TILE)):
         for s in range(S):
             out[s, r] = a[r, s]
 
 
-@jit(inline="always", fastmath=_FASTMATH)
+@jit(inline="always", fastmath=FASTMATH)
 def _dots4x3(a0, a1, a2, a3, b0, b1, b2, K, zero):
     """The 12 dot products a_i . b_j over K: four rows share each load of b, three
     columns each load of a, and the 12 sums stay in vector registers."""
@@ -57,7 +52,7 @@ def _dots4x3(a0, a1, a2, a3, b0, b1, b2, K, zero):
     return (s00, s01, s02), (s10, s11, s12), (s20, s21, s22), (s30, s31, s32)
 
 
-@jit(inline="always", fastmath=_FASTMATH)
+@jit(inline="always", fastmath=FASTMATH)
 def _rows3(acc, a, i0, B):
     """acc[r, p] = sum_t a[i_r, t] * B[t, p] for the rows i_r = i0, i0 + 1, i0 + 2 of a
     (clamped to its last row); five taps per pass, three rows sharing each load of B.
@@ -95,12 +90,12 @@ def _rows3(acc, a, i0, B):
         t += 1
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=FASTMATH)
 def _dense_forward(x, weight, bias, relu):
     N, K = x.shape
     U = weight.shape[1]
     y = np.empty((N, U), dtype=x.dtype)
-    if N < _SMALL_BATCH:
+    if N < DENSE_SMALL_BATCH:
         # Few samples: rows of weight as taps, reading the weight once with no transpose.
         for t in prange((N + 2) // 3):
             acc = np.empty((3, U), dtype=x.dtype)
@@ -113,7 +108,7 @@ def _dense_forward(x, weight, bias, relu):
                     y[3 * t + r, u] = v
         return y
     wt = np.empty((U, K), dtype=x.dtype)
-    for t in prange((K + _TILE - 1) // _TILE):
+    for t in prange((K + DENSE_TILE - 1) // DENSE_TILE):
         _transpose_into(wt, weight, t)
     zero = np.zeros(1, dtype=x.dtype)[0]  # sums in the data dtype vectorise
     ub = (U + 2) // 3
@@ -134,7 +129,7 @@ def _dense_forward(x, weight, bias, relu):
     return y
 
 
-@jit(parallel=True, fastmath=_FASTMATH)
+@jit(parallel=True, fastmath=FASTMATH)
 def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     N, K = x.shape
     U = weight.shape[1]
@@ -162,7 +157,7 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     # the weight once. Many: rows of weight.T (length K) as taps, which vectorise better
     # than dot products of length U but need the transpose.
     dx = np.empty((N if input_grad else 0, K), dtype=dy.dtype)
-    if input_grad and N < _SMALL_BATCH:
+    if input_grad and N < DENSE_SMALL_BATCH:
         zero = np.zeros(1, dtype=dy.dtype)[0]
         nb = (N + 2) // 3
         for t in prange(((K + 3) // 4) * nb):
@@ -177,7 +172,7 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
                     dx[n0 + j, k0 + i] = sums[i][j]
     elif input_grad:
         wt = np.empty((U, K), dtype=dy.dtype)
-        for t in prange((K + _TILE - 1) // _TILE):
+        for t in prange((K + DENSE_TILE - 1) // DENSE_TILE):
             _transpose_into(wt, weight, t)
         for t in prange((N + 2) // 3):
             acc = np.empty((3, K), dtype=dy.dtype)

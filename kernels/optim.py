@@ -13,8 +13,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-
-CHUNK = 4096  # elements per task
+from ._tuning import OPTIM_CHUNK as CHUNK
 
 
 @jit()

@@ -70,7 +70,7 @@ def test_a_fresh_cache_is_compiled_in_two_processes_and_then_loads(tmp_path):
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["processes"] == 2 and report["compiled_in_main_process"] == []
     kernels = {(row["kernel"], "float64" in row["types"]) for row in report["kernels"]}
-    assert {("conv._conv2d_backward_s1", False), ("conv._conv2d_backward_s1", True),
+    assert {("conv.flat.conv2d_backward_s1", False), ("conv.flat.conv2d_backward_s1", True),
             ("dense._dense_backward", False), ("compat.softmax_forward", True)} <= kernels
     # One announcement: the workers are silent.
     assert cold.stderr.count("fastcnn: compiling its kernels") == 1
@@ -101,9 +101,9 @@ def test_a_cold_training_run_compiles_beside_and_trains_bit_identically(tmp_path
         assert proc.returncode == 0, proc.stderr
         metrics.append(json.loads((tmp_path / f"{name}.json").read_text()))
     cold, warm = metrics
-    assert cold["compiled_in_second_process"] == ["conv._conv2d_backward_s1"]
+    assert cold["compiled_in_second_process"] == ["conv.flat.conv2d_backward_s1"]
     kernels = [row["kernel"] for row in cold["compiled_kernels"]]
-    assert kernels.count("conv._conv2d_backward_s1") == 1 and "dense._dense_backward" in kernels
+    assert kernels.count("conv.flat.conv2d_backward_s1") == 1 and "dense._dense_backward" in kernels
     assert warm["compiled_kernels"] == [] and warm["compiled_in_second_process"] == []
     with np.load(tmp_path / "cold" / "model.npz") as a, \
             np.load(tmp_path / "warm" / "model.npz") as b:
@@ -141,8 +141,8 @@ def test_the_drop_in_compiles_its_conv_backward_beside_on_a_cold_cache(tmp_path)
         assert proc.returncode == 0, proc.stderr
         runs.append(json.loads(proc.stdout.splitlines()[-1]))
     cold, warm = runs
-    assert "conv._conv2d_forward_s1" in cold["compiled"]
-    assert "conv._conv2d_backward_s1" not in cold["compiled"]  # loaded: compiled beside
+    assert "conv.flat.conv2d_forward_s1" in cold["compiled"]
+    assert "conv.flat.conv2d_backward_s1" not in cold["compiled"]  # loaded: compiled beside
     assert list((tmp_path / "cache").rglob("*_conv2d_backward_s1*.nbi"))
     assert warm["compiled"] == [] and cold["kernels"] == warm["kernels"]
 

@@ -293,17 +293,17 @@ def test_task_groups_give_the_same_bits(dtype, pool, filters, channels, rng):
     pt, pl, oh, ow = geo = functional.conv_geometry(12, 10, (5, 3), (1, 1), "same")
     Hp, Wp = conv_kernels._s1_geometry(12, 10, oh, ow, 5, 3, pt, pl)
     forward_args = (wt, b, pt, pl, Hp, Wp, oh, ow, True, pool, pool, pool > 1)
-    y, window = conv_kernels._conv2d_forward_s1(x, *forward_args, 1)
+    y, window = conv_kernels.flat.conv2d_forward_s1(x, *forward_args, 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     flipped = conv_kernels._flipped(wt)
     backward_args = (dy, y, True, window if pool > 1 else conv_kernels._NO_WINDOW, pool, pool,
                      flipped, 12, 10, pt, pl, Hp, Wp, oh, True, True, conv_kernels.DOT_FILTERS)
-    whole = conv_kernels._conv2d_backward_s1(x, *backward_args, 1)
+    whole = conv_kernels.flat.conv2d_backward_s1(x, *backward_args, 1)
     for groups in (2, 3, 5):
-        y2, window2 = conv_kernels._conv2d_forward_s1(x, *forward_args, groups)
+        y2, window2 = conv_kernels.flat.conv2d_forward_s1(x, *forward_args, groups)
         np.testing.assert_array_equal(y2, y)
         np.testing.assert_array_equal(window2, window)
-        split = conv_kernels._conv2d_backward_s1(x, *backward_args, groups)
+        split = conv_kernels.flat.conv2d_backward_s1(x, *backward_args, groups)
         for got, want in zip(split, whole, strict=True):
             np.testing.assert_array_equal(got, want)
     for n in (0, 20):  # one sample, through the dispatch that picks the groups

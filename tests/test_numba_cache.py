@@ -2,6 +2,7 @@
 
 import dis
 import importlib
+import json
 import os
 import pkgutil
 import shlex
@@ -18,10 +19,11 @@ import fastcnn
 import fastcnn.kernels
 from fastcnn.kernels import _jit
 
-# Every module of the kernels package, found rather than listed, so a new one is checked.
-KERNEL_MODULES = [importlib.import_module(f"fastcnn.kernels.{m.name}")
-                  for m in pkgutil.iter_modules(fastcnn.kernels.__path__)
-                  if not m.name.startswith("_")]
+# Every module of the kernels package, its subpackages included, found rather than
+# listed, so a new one is checked.
+KERNEL_MODULES = [importlib.import_module(m.name)
+                  for m in pkgutil.walk_packages(fastcnn.kernels.__path__, "fastcnn.kernels.")
+                  if not m.name.rsplit(".", 1)[1].startswith("_")]
 
 
 def jitted_calls(dispatcher):
@@ -32,19 +34,35 @@ def jitted_calls(dispatcher):
     return [g[n] for n in names if isinstance(g.get(n), CPUDispatcher)]
 
 
-@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__)
-def test_kernels_call_jitted_helpers_from_their_own_module_only(module):
+def test_every_kernel_module_is_found():
+    names = {m.__name__ for m in KERNEL_MODULES}
+    assert {"fastcnn.kernels.conv.flat", "fastcnn.kernels.conv.taps", "fastcnn.kernels.loss",
+            "fastcnn.kernels.optim", "fastcnn.kernels.dense"} <= names
+
+
+@pytest.mark.parametrize("module", [m for m in KERNEL_MODULES
+                                    if any(isinstance(v, CPUDispatcher) for v in vars(m).values())],
+                         ids=lambda m: m.__name__)
+def test_kernels_are_cached_against_the_whole_package(module):
     # Numba validates a cached function against its own file only: a cached kernel calling
-    # a helper from another module would keep the old helper's code after an edit there.
-    kernels = [v for v in vars(module).values() if isinstance(v, CPUDispatcher)]
-    assert kernels, f"no kernels found in {module.__name__}"
+    # a helper from another module would keep the old helper's code after an edit there,
+    # unless its stamp covers that module too. _jit stamps every kernel with the package.
+    kernels = [v for v in vars(module).values() if isinstance(v, CPUDispatcher)
+               and v.py_func.__module__ == module.__name__]
     for k in kernels:
-        expected = "FunctionCache" if _jit.CACHE else "NullCache"
+        expected = "PackageFunctionCache" if _jit.CACHE else "NullCache"
         assert type(k._cache).__name__ == expected, k.py_func.__name__
         for callee in jitted_calls(k):
-            assert callee.py_func.__module__ == module.__name__, (
+            assert callee.py_func.__module__.startswith("fastcnn.kernels."), (
                 f"{k.py_func.__name__} calls {callee.py_func.__module__}."
-                f"{callee.py_func.__name__} from another module")
+                f"{callee.py_func.__name__}, outside the package its cache is stamped with")
+
+
+def test_no_kernel_module_is_left_without_kernels():
+    for module in KERNEL_MODULES:
+        if module.__name__ == "fastcnn.kernels.conv":
+            continue  # the dispatch: plain Python over its algorithm modules
+        assert any(isinstance(v, CPUDispatcher) for v in vars(module).values()), module.__name__
 
 
 PROBE = textwrap.dedent("""
@@ -62,8 +80,6 @@ PROBE = textwrap.dedent("""
 
 def run_probe(env, cwd, read_only=None):
     """Run PROBE; with read_only, that folder is read-only for the child, even for root."""
-    import json
-
     cmd = [sys.executable, "-c", PROBE]
     if read_only is not None and os.geteuid() == 0:
         # Root ignores file modes: give the child a private read-only bind mount instead.
@@ -112,3 +128,45 @@ def test_cache_works_from_read_only_install(tmp_path):
     assert second["hits"] >= 1 and second["misses"] == 0  # loaded from the user cache
     assert not list(site.rglob("*.nbi")), "wrote into the read-only install"
     assert list((tmp_path / "xdg").rglob("*.nbi")) or list((tmp_path / "home").rglob("*.nbi"))
+
+
+STALE_PROBE = textwrap.dedent("""
+    import json, numpy as np
+    from fastcnn.kernels import conv
+    from fastcnn.kernels.conv import flat
+    x = np.ones((1, 1, 6, 6), dtype=np.float32)
+    y = conv.conv2d_forward(x, np.ones((1, 1, 3, 3), dtype=np.float32),
+                            np.zeros(1, dtype=np.float32), 1, 1, 0, 0, 4, 4, False)
+    k = flat.conv2d_forward_s1
+    print(json.dumps({"hits": sum(k.stats.cache_hits.values()),
+                      "misses": sum(k.stats.cache_misses.values()), "y": float(y[0, 0, 0, 0])}))
+""")
+
+
+def test_an_edit_to_a_helper_module_recompiles_its_callers(tmp_path):
+    """flat's kernel inlines taps' loops: editing taps.py alone must not leave the cached
+    kernel with the old loops."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(fastcnn.__file__).parent, site / "fastcnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    shutil.copytree(Path(fastcnn.kernels.__file__).parent, site / "fastcnn" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    env = clean_env(tmp_path, PYTHONPATH=str(site))
+
+    def probe():
+        proc = subprocess.run([sys.executable, "-c", STALE_PROBE], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first, second = probe(), probe()
+    assert first["misses"] == 1 and second == {"hits": 1, "misses": 0, "y": 9.0}
+    taps = site / "fastcnn" / "kernels" / "conv" / "taps.py"
+    # The edit a developer might make: every tap now counts twice.
+    text = taps.read_text()
+    edited = text.replace("acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]\n",
+                          "acc[p] += 2 * (w0 * s0[p] + w1 * s1[p] + w2 * s2[p])\n", 1)
+    assert edited != text
+    taps.write_text(edited)
+    third = probe()
+    assert third["misses"] == 1 and third["y"] == 18.0

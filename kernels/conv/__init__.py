@@ -1,0 +1,207 @@
+"""2-D convolution kernels over NCHW mini-batches (cross-correlation, as in PyTorch).
+
+Geometry is explicit: the caller passes strides, the top/left zero padding and
+the output size, so 'same', 'valid', symmetric and asymmetric padding all reduce
+to one kernel. Padding beyond the input on the bottom/right is implied by the
+output size. Inputs must be C-contiguous and of one float dtype; the Python layer
+(`fastcnn.functional`) checks that before calling.
+
+One module per algorithm: `flat` (stride 1, over flat rows, with `taps` and `planes`
+as its loops and copies) and `strided` (any stride). This module, plain Python, picks
+one for each call and works out its buffers' geometry.
+
+Each parallel loop runs over samples or over fixed-size chunks of samples (for small
+batches, each chunk's filters are shared out between tasks, every output still computed
+the same way), so a result never depends on the number of threads.
+"""
+
+import numba
+import numpy as np
+
+from .. import pool
+from .._tuning import DOT_FILTERS, FORWARD_CHUNK, GRAD_CHUNK, SPLIT_WORK
+from .flat import conv2d_backward_s1, conv2d_forward_s1
+from .planes import sum_parts, unpooled, window_of
+from .strided import (
+    conv2d_backward_input_strided,
+    conv2d_forward_strided,
+    conv2d_weight_partials,
+    relu_mask,
+)
+
+
+def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
+    """(Hp, Wp) of the flat stride-1 layout: rows and row pitch of a padded plane."""
+    return max(H + pad_top, out_h + KH - 1), max(W + pad_left, out_w + KW - 1)
+
+
+def _groups(n, chunk, passes, work):
+    """Tasks per chunk of a batch of n samples: enough to give every Numba thread one
+    when the batch has fewer chunks than threads and a chunk is worth splitting (work
+    multiply-adds per sample), at most one per pass. No result depends on it."""
+    chunks = -(-n // chunk)
+    threads = numba.get_num_threads()
+    if chunks >= threads or min(n, chunk) * work < SPLIT_WORK:
+        return 1
+    return max(1, min(passes, -(-threads // chunks)))
+
+
+def _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h, pool_w,
+                want_window):
+    """conv2d_forward_s1, its tasks split for small batches."""
+    F, C, KH, KW = weight.shape
+    groups = _groups(len(x), FORWARD_CHUNK, -(-F // 3), F * C * KH * KW * out_h * out_w)
+    return conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
+                              pool_h, pool_w, want_window, groups)
+
+
+def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
+    """y = conv(x, weight) + bias, optionally followed by ReLU.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,); all one float dtype.
+    Returns y: (N, F, out_h, out_w).
+    """
+    if stride_h != 1 or stride_w != 1:
+        return conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_left,
+                                       out_h, out_w, relu)
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, 1, 1,
+                       False)[0]
+
+
+def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
+               pool_h, pool_w, want_window):
+    """(y, window or None) of conv2d_pool_forward_with_indices, for any stride."""
+    if stride_h != 1 or stride_w != 1:
+        y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
+                           out_w, relu)
+        pooled, argmax = pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)
+        return pooled, (window_of(argmax, out_w, pool_h, pool_w) if want_window else None)
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
+    return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
+                       pool_w, want_window)
+
+
+def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                        relu, pool_h, pool_w):
+    """conv2d_forward, then max-pooling over non-overlapping pool_h x pool_w windows
+    (floor): the inference path, which never stores the unpooled output.
+
+    Returns y: (N, F, out_h // pool_h, out_w // pool_w); the same values as
+    maxpool2d_forward(conv2d_forward(...), pool_h, pool_w, pool_h, pool_w)[0].
+    """
+    return _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                      relu, pool_h, pool_w, False)[0]
+
+
+def conv2d_pool_forward_with_indices(x, weight, bias, stride_h, stride_w, pad_top, pad_left,
+                                     out_h, out_w, relu, pool_h, pool_w):
+    """conv2d_pool_forward, and where each maximum was: the training path.
+
+    Returns (y, window), both (N, F, out_h // pool_h, out_w // pool_w); window (uint8)
+    holds a * pool_w + b, the offset (a, b) of each maximum inside its window, as
+    maxpool2d_forward's argmax finds it. pool_h * pool_w must be at most 256.
+    """
+    return _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                      relu, pool_h, pool_w, True)
+
+
+def _flipped(weight):
+    return np.ascontiguousarray(weight[:, :, :, ::-1])
+
+
+def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, pad_top,
+                 pad_left, out_h, out_w, weight_grad, input_grad):
+    """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype."""
+    _, _, KH, KW = weight.shape
+    Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
+    # Only the input gradient reads the (flipped) weight; otherwise just its shape.
+    flipped = _flipped(weight) if input_grad else weight
+    F, C = weight.shape[:2]
+    groups = _groups(len(dy), GRAD_CHUNK, max(-(-F // DOT_FILTERS), -(-C // 3)),
+                     F * C * KH * KW * out_h * out_w * (weight_grad + input_grad))
+    dx, dw, db = conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
+                                     in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
+                                     input_grad, DOT_FILTERS, groups)
+    return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
+
+
+_NO_WINDOW = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
+
+
+def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
+    """All gradients of a convolution in one pass over shared buffers.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y: (N, F, OH, OW). With relu, y is the
+    fused conv + ReLU output and dy is first zeroed where y <= 0. Returns
+    (dx: (N, C, H, W) or None when not input_grad, dw: (F, C, KH, KW), db: (F,)).
+    """
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    if stride_h != 1 or stride_w != 1:
+        if relu:
+            dy = relu_mask(dy, y)
+        dx = None
+        if input_grad:
+            dx = conv2d_backward_input_strided(dy, weight, H, W, stride_h, stride_w,
+                                                pad_top, pad_left)
+        dw_parts, db_parts = conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
+                                                     pad_top, pad_left)
+        return dx, sum_parts(dw_parts), sum_parts(db_parts)
+    _, _, OH, OW = dy.shape
+    return _backward_s1(x, weight, dy, y, relu, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, input_grad)
+
+
+def conv2d_pool_backward(x, weight, dy, y, window, relu, stride_h, stride_w, pad_top, pad_left,
+                         out_h, out_w, pool_h, pool_w, input_grad):
+    """conv2d_backward through the max-pool after the convolution, in one pass: the
+    backward of conv2d_pool_forward_with_indices.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y, window: (N, F, out_h // pool_h,
+    out_w // pool_w), the pooled output's gradient, the pooled output and the window
+    indices (each < pool_h * pool_w). With relu, the gradient reaches each maximum only
+    where y > 0. Returns (dx or None, dw, db) as conv2d_backward does.
+    """
+    _, _, H, W = x.shape
+    if stride_h != 1 or stride_w != 1:
+        full = unpooled(dy, y, relu, window, out_h, out_w, pool_h, pool_w)
+        return conv2d_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
+                               pad_left, input_grad)
+    return _backward_s1(x, weight, dy, y, relu, window, pool_h, pool_w, H, W, pad_top,
+                        pad_left, out_h, out_w, True, input_grad)
+
+
+def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
+    """Gradient of the loss with respect to the convolution's input.
+
+    dy: (N, F, OH, OW); weight: (F, C, KH, KW). Returns dx: (N, C, in_h, in_w).
+    """
+    if stride_h != 1 or stride_w != 1:
+        return conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
+                                              pad_top, pad_left)
+    _, _, OH, OW = dy.shape
+    return _backward_s1(dy, weight, dy, dy, False, _NO_WINDOW, 1, 1, in_h, in_w, pad_top,
+                        pad_left, OH, OW, False, True)[0]
+
+
+def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
+    """Gradients of the loss with respect to the weight and the bias.
+
+    x: (N, C, H, W); dy: (N, F, OH, OW). Returns (dw: (F, C, KH, KW), db: (F,)).
+    """
+    if stride_h != 1 or stride_w != 1:
+        dw_parts, db_parts = conv2d_weight_partials(
+            x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
+        )
+        return sum_parts(dw_parts), sum_parts(db_parts)
+    _, C, H, W = x.shape
+    _, F, OH, OW = dy.shape
+    # The kernel reads only the weight's shape on this path.
+    shape = np.empty((F, C, kernel_h, kernel_w), dtype=x.dtype)
+    return _backward_s1(x, shape, dy, dy, False, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, False)[1:]
