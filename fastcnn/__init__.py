@@ -4,7 +4,8 @@ from . import functional
 from .data import CLASS_NAMES, load_dataset, load_fashion_mnist
 from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from .losses import SoftmaxCrossEntropy, softmax
-from .model import History, Sequential, TrainingDiverged, seed_arch
+from .model import History, Sequential, TrainingDiverged
+from .models import seed_arch
 from .optim import SGD, Adam, Constant, CosineDecay, StepDecay
 from .threads import set_threads
 

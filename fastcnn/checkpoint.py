@@ -1,11 +1,12 @@
 """Training checkpoints: one .npz holding everything needed to continue a run bit-identically.
 
-A checkpoint stores the model (configuration and weights), the optimizer state (its
-arrays and step count), the `FitState` (epoch, batch position, the data-order
-generator's state at the start of the epoch, running loss sum, History) and the run's
-settings. It is written atomically (temporary file, fsync, rename), so a crash or a
-kill at any moment leaves the previous checkpoint or the new one, never a mix. Nothing
-in it is pickled: structured values are JSON text in 0-d string arrays.
+A checkpoint stores the model (configuration, weights and buffers), the optimizer state
+(its arrays and step count), the `FitState` (epoch, batch position, the data-order
+generator's state at the start of the epoch, the layers' generator's state at that
+batch, running loss sum, History) and the run's settings. It is written atomically
+(temporary file, fsync, rename), so a crash or a kill at any moment leaves the previous
+checkpoint or the new one, never a mix. Nothing in it is pickled: structured values are
+JSON text in 0-d string arrays.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 
 from .fileio import atomic_write_npz
 from .functional import describe
-from .model import FitState, History, Sequential, model_from_json, read_npz
+from .model import FitState, History, Sequential
 from .optim import Optimizer
+from .persistence import model_from_json, read_npz
 
 FORMAT = "fastcnn-checkpoint"
 FORMAT_VERSION = 1
@@ -60,7 +62,8 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
         raise ValueError("refusing to checkpoint NaN or infinite weights or optimizer state")
     progress = {"epoch": state.epoch, "batch": state.batch, "steps": state.steps,
                 "iterations": optimizer.iterations, "rng_state": state.rng_state,
-                "loss_sum": state.loss_sum, "elapsed": state.elapsed}
+                "loss_sum": state.loss_sum, "elapsed": state.elapsed,
+                "layer_rng_state": state.layer_rng_state}
     arrays = {
         "__format__": np.array(FORMAT),
         "__version__": np.array(FORMAT_VERSION),
@@ -95,6 +98,11 @@ def load_checkpoint(path: str | os.PathLike, backend: str = "numba") -> Checkpoi
                              f"{describe(value)}")
     if not isinstance(progress.get("rng_state"), dict):
         raise ValueError(f"{path}: progress holds no data-order generator state")
+    # Absent from checkpoints written before layers could draw random numbers.
+    layer_rng_state = progress.get("layer_rng_state")
+    if layer_rng_state is not None and not isinstance(layer_rng_state, dict):
+        raise ValueError(f"{path}: progress 'layer_rng_state' must be a generator state, got "
+                         f"{describe(layer_rng_state)}")
     history = {}
     for f in fields(History):
         a = arrays.get(_HISTORY + f.name)
@@ -104,7 +112,7 @@ def load_checkpoint(path: str | os.PathLike, backend: str = "numba") -> Checkpoi
         history[f.name] = [float(v) for v in a]
     state = FitState(progress["epoch"], progress["batch"], progress["steps"],
                      progress["rng_state"], float(progress["loss_sum"]),
-                     float(progress["elapsed"]), History(**history))
+                     float(progress["elapsed"]), History(**history), layer_rng_state)
     optimizer_state = {k[len(_OPTIMIZER):]: a for k, a in arrays.items()
                        if k.startswith(_OPTIMIZER)}
     return Checkpoint(model, optimizer_state, progress["iterations"], state, settings)

@@ -41,7 +41,7 @@ from .compiling import (
     usable_cpus,
 )
 from .fileio import atomic_write_text
-from .model import seed_arch
+from .models import seed_arch
 from .optim import SGD, Adam
 from .threads import one_blas_thread
 

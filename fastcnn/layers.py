@@ -1,5 +1,28 @@
-"""Layers: thin, stateful wrappers that validate, call `fastcnn.functional` and keep
-what the backward pass needs. Shapes exclude the batch axis unless stated."""
+"""Layers: thin, stateful wrappers that validate, run a prepared operation (`fastcnn.ops`)
+or call `fastcnn.functional`, and keep what the backward pass needs. Shapes exclude the
+batch axis unless stated.
+
+The layer contract (what `Sequential`, the optimisers and saving rely on):
+
+- ``build(input_shape, rng, dtype)`` allocates the parameters (drawn from ``rng``) and
+  buffers and prepares the layer's operations for that shape; it returns the output
+  shape. ``compute_output_shape`` and ``parameter_count`` answer for a shape without
+  allocating (the model checks sizes before building).
+- ``params``: trainable arrays, optimised and saved; ``grads``: the same keys, filled by
+  ``backward``; ``buffers``: arrays saved with the model but never optimised (running
+  statistics).
+- ``forward(x, training, rng)``: ``rng`` is the model's generator, for layers that draw
+  random numbers in training (its state is checkpointed, so a resumed run draws the
+  same); ``backward(dy, need_input_grad)`` returns dx, or None when not needed.
+- ``get_config()``: the constructor's arguments, as JSON values.
+
+Adding a layer (BatchNorm2D, say) touches: this module (the class, and `LAYERS`, which
+is how saved models find it), its kernels in `kernels/` with the NumPy oracles of the
+same names in `fastcnn/reference.py` and `fastcnn/naive.py`, an op in `fastcnn/ops.py`
+and a validated function in `fastcnn/functional.py` if it has kernels, and, if it runs
+fused with the layer before it, one entry in `fastcnn/plan.py`'s `FUSIONS`. Nothing in
+the model, the optimisers, saving or checkpointing changes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +30,7 @@ import math
 
 import numpy as np
 
-from . import functional as F
+from . import functional, ops
 from .initializers import INITIALIZERS, initialize
 
 
@@ -15,9 +38,10 @@ class Layer:
     """Base class. A layer is built once for an input shape, then runs forward/backward."""
 
     def __init__(self, backend: str = "numba") -> None:
-        F.backend_module(backend)  # validates the name
+        ops.backend_module(backend)  # validates the name
         self.backend = backend
         self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
@@ -34,7 +58,12 @@ class Layer:
     def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return input_shape
 
-    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+    def parameter_count(self, input_shape: tuple[int, ...]) -> int:
+        """Elements of the parameters `build` would allocate for input_shape."""
+        return 0
+
+    def forward(self, x: np.ndarray, training: bool = True,
+                rng: np.random.Generator | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
@@ -43,6 +72,16 @@ class Layer:
 
     def get_config(self) -> dict:
         return {}
+
+    # The attributes that hold what the last training pass saved for backward.
+    _SAVED: tuple[str, ...] = ()
+
+    def release(self) -> None:
+        """Forget what the last training pass saved: backward then refuses to run, and
+        the activations can be freed. (A fused step calls it on the layer it stands in
+        for, whose own state would otherwise be an older pass's.)"""
+        for name in self._SAVED:
+            setattr(self, name, None)
 
     def _check_input(self, x: np.ndarray) -> None:
         if self.input_shape is None:
@@ -68,14 +107,14 @@ class Layer:
             raise TypeError(f"{type(self).__name__}.backward expects {self.dtype} dy, "
                             f"got {dy.dtype}")
 
-    def _fast(self, x: np.ndarray) -> bool:
-        """Whether x and the parameters are as built, so that the kernels may be called
-        directly (never, for a layer without such a path)."""
+    def _is_as_built(self, x: np.ndarray) -> bool:
+        """Whether x and the parameters are exactly as built, so that the layer's prepared
+        operation may run on them unchecked (never, for a layer without one)."""
         return False
 
-    def _fast_backward(self, dy: np.ndarray, need_input_grad: object) -> bool:
-        """`_fast` for the saved input, with a plain dy and a plain bool flag."""
-        return (self._fast(self._x) and _as_built(dy, dy.shape, self.dtype)
+    def _backward_is_as_built(self, dy: np.ndarray, need_input_grad: object) -> bool:
+        """`_is_as_built` for the saved input, with a plain dy and a plain bool flag."""
+        return (self._is_as_built(self._x) and _as_built(dy, dy.shape, self.dtype)
                 and isinstance(need_input_grad, bool))
 
     def _need_forward(self, saved: object) -> None:
@@ -91,7 +130,7 @@ class Layer:
 def _as_built(a: object, shape: tuple[int, ...], dtype: np.dtype) -> bool:
     """True if `a` is a plain, writable, C-contiguous array of exactly this shape and dtype.
 
-    The layers then call the kernels with the geometry they worked out when built. Anything
+    The layers then run the operations they prepared when built. Anything
     else (a parameter someone replaced, a strided view, an empty batch) goes through
     `fastcnn.functional`, whose checks copy what they can and name what they cannot: the
     same results and the same errors, at 10-20 us more per call, which inside a training
@@ -123,26 +162,31 @@ class Conv2D(Layer):
                  padding: str | int | tuple[int, int] = "valid", activation: str | None = None,
                  kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
         super().__init__(backend)
-        self.filters = F.check_int(filters, "filters", 1)
-        self.kernel_size = F.pair(kernel_size, "kernel_size")
-        self.stride = F.pair(stride, "stride")
+        self.filters = functional.check_int(filters, "filters", 1)
+        self.kernel_size = functional.pair(kernel_size, "kernel_size")
+        self.stride = functional.pair(stride, "stride")
         if isinstance(padding, str):
-            F.conv_geometry(1, 1, (1, 1), (1, 1), padding)  # validates the word
+            functional.conv_geometry(1, 1, (1, 1), (1, 1), padding)  # validates the word
         else:
-            padding = F.pair(padding, "padding", minimum=0)
+            padding = functional.pair(padding, "padding", minimum=0)
         self.padding = padding
         self.activation = _activation(activation)
         self.kernel_initializer = _initializer(kernel_initializer)
         # What backward needs: the input, and the output (unfused) or, after a fused
-        # training pass, (pool, pooled output, indices).
+        # training pass, (pool size, pooled output, indices).
         self._x = self._y = self._pooled = None
+
+    _SAVED = ("_x", "_y", "_pooled")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"Conv2D expects (C, H, W) inputs, got shape {input_shape}")
-        _, _, oh, ow = F.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
-                                       self.stride, self.padding)
+        _, _, oh, ow = functional.conv_geometry(input_shape[1], input_shape[2],
+                                                self.kernel_size, self.stride, self.padding)
         return (self.filters, oh, ow)
+
+    def parameter_count(self, input_shape):
+        return self.filters * input_shape[0] * self.kernel_size[0] * self.kernel_size[1]
 
     def build(self, input_shape, rng, dtype=np.float32):
         out = super().build(input_shape, rng, dtype)
@@ -154,31 +198,30 @@ class Conv2D(Layer):
             "bias": np.zeros(self.filters, dtype=dtype),
         }
         # (pad_top, pad_left, out_h, out_w), and the largest array per sample a kernel
-        # allocates (output or padded input), for the fast path's size check.
-        self._geometry = F.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
-                                         self.stride, self.padding)
-        buffers = F.conv_buffer_shapes((1, *input_shape), shape, self.stride, self._geometry)
+        # allocates (output or padded input), for the as-built check.
+        geometry = functional.conv_geometry(input_shape[1], input_shape[2], self.kernel_size,
+                                            self.stride, self.padding)
+        buffers = functional.conv_buffer_shapes((1, *input_shape), shape, self.stride, geometry)
         self._sample_elements = max(math.prod(b) for b in buffers)
+        self._op = ops.Conv2dOp(self.backend, self.stride, geometry)
         return out
 
-    def _fast(self, x: np.ndarray) -> bool:
-        """x and the parameters are as built: the kernels may be called directly."""
+    def _is_as_built(self, x: np.ndarray) -> bool:
         return (_as_built(x, (len(x), *self.input_shape), self.dtype) and len(x) > 0
-                and len(x) * self._sample_elements <= F.MAX_ELEMENTS
+                and len(x) * self._sample_elements <= functional.MAX_ELEMENTS
                 and _as_built(self.params["weight"],
                               (self.filters, self.input_shape[0], *self.kernel_size), self.dtype)
                 and _as_built(self.params["bias"], (self.filters,), self.dtype))
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, rng=None):
         self._check_input(x)
         relu = self.activation == "relu"
-        if self._fast(x):
-            y = F.backend_module(self.backend).conv2d_forward(
-                x, self.params["weight"], self.params["bias"], *self.stride, *self._geometry,
-                relu).astype(self.dtype, copy=False)
+        weight, bias = self.params["weight"], self.params["bias"]
+        if self._is_as_built(x):
+            y = self._op.forward(x, weight, bias, relu)
         else:
-            y = F.conv2d(x, self.params["weight"], self.params["bias"], self.stride,
-                         self.padding, relu=relu, backend=self.backend)
+            y = functional.conv2d(x, weight, bias, self.stride, self.padding, relu=relu,
+                                  backend=self.backend)
         if training:
             self._x, self._y, self._pooled, self._batch = x, y, None, len(x)
         return y
@@ -186,29 +229,26 @@ class Conv2D(Layer):
     def forward_pooled(self, x: np.ndarray, pool: MaxPool2D, training: bool = False) -> np.ndarray:
         """This layer and the MaxPool2D after it, fused: the same result as
         pool.forward(self.forward(x, training), training), without storing the unpooled
-        output. The pool's windows must not overlap (see `fuses_with`). After a training
-        pass, `backward_pooled` (not `backward`) takes the gradient of the pooled output.
+        output. The pool's windows must not overlap (see `fuses_with`); only its
+        configuration is read. After a training pass, `backward_pooled` (not `backward`)
+        takes the gradient of the pooled output.
         """
         self._check_input(x)
         relu = self.activation == "relu"
         weight, bias = self.params["weight"], self.params["bias"]
-        if self._fast(x):
-            impl = F.backend_module(self.backend)
-            args = (x, weight, bias, *self.stride, *self._geometry, relu, *pool.pool_size)
+        if self._is_as_built(x):
             if not training:
-                return impl.conv2d_pool_forward(*args).astype(self.dtype, copy=False)
-            y, indices = impl.conv2d_pool_forward_with_indices(*args)
-            y = y.astype(self.dtype, copy=False)
+                return self._op.forward_pooled(x, weight, bias, relu, pool.pool_size)
+            y, indices = self._op.forward_pooled_with_indices(x, weight, bias, relu,
+                                                              pool.pool_size)
         elif not training:
-            return F.conv2d_max_pool2d(x, weight, bias, self.stride, self.padding,
-                                       pool.pool_size, relu=relu, backend=self.backend)
+            return functional.conv2d_max_pool2d(x, weight, bias, self.stride, self.padding,
+                                                pool.pool_size, relu=relu, backend=self.backend)
         else:
-            y, indices = F.conv2d_max_pool2d(x, weight, bias, self.stride, self.padding,
-                                             pool.pool_size, relu=relu, return_indices=True,
-                                             backend=self.backend)
-        self._x, self._y, self._pooled, self._batch = x, None, (pool, y, indices), len(x)
-        # The pool's own backward has nothing to run on; backward_pooled stands in for it.
-        pool._argmax, pool._batch = None, len(x)
+            y, indices = functional.conv2d_max_pool2d(
+                x, weight, bias, self.stride, self.padding, pool.pool_size, relu=relu,
+                return_indices=True, backend=self.backend)
+        self._x, self._y, self._pooled, self._batch = x, None, (pool.pool_size, y, indices), len(x)
         return y
 
     def fuses_with(self, layer: Layer, training: bool = False) -> bool:
@@ -216,8 +256,8 @@ class Conv2D(Layer):
         with non-overlapping windows (of at most 256 elements, for training)."""
         return (isinstance(layer, MaxPool2D) and layer.stride == layer.pool_size
                 and layer.backend == self.backend and layer.input_shape == self.output_shape
-                and (not training
-                     or layer.pool_size[0] * layer.pool_size[1] <= F.MAX_POOL_WINDOW))
+                and (not training or layer.pool_size[0] * layer.pool_size[1]
+                     <= functional.MAX_POOL_WINDOW))
 
     def backward(self, dy, need_input_grad=True):
         if self._pooled is not None:
@@ -225,18 +265,14 @@ class Conv2D(Layer):
                                "training pass: call backward_pooled with the pool's gradient")
         self._need_forward(self._y)
         self._check_dy(dy)
-        relu = self.activation == "relu"
-        relu_output = self._y if relu else None
-        if self._fast_backward(dy, need_input_grad):
-            dx, dw, db = F.backend_module(self.backend).conv2d_backward(
-                self._x, self.params["weight"], dy, self._y if relu else dy, relu,
-                *self.stride, *self._geometry[:2], need_input_grad)
-            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
+        relu_output = self._y if self.activation == "relu" else None
+        if self._backward_is_as_built(dy, need_input_grad):
+            dx, dw, db = self._op.backward(self._x, self.params["weight"], dy, relu_output,
+                                           need_input_grad)
         else:
-            dx, dw, db = F.conv2d_backward(self._x, self.params["weight"], dy, self.stride,
-                                           self.padding, relu_output=relu_output,
-                                           need_input_grad=need_input_grad,
-                                           backend=self.backend)
+            dx, dw, db = functional.conv2d_backward(
+                self._x, self.params["weight"], dy, self.stride, self.padding,
+                relu_output=relu_output, need_input_grad=need_input_grad, backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -244,20 +280,24 @@ class Conv2D(Layer):
         """`backward` through the MaxPool2D fused in the last `forward_pooled(training=True)`:
         dy is the gradient of the pooled output."""
         self._need_forward(self._pooled)
-        pool, y, indices = self._pooled
-        pool._check_dy(dy)
-        relu = self.activation == "relu"
-        if self._fast_backward(dy, need_input_grad):
+        pool_size, y, indices = self._pooled
+        expected = (self._batch, *y.shape[1:])
+        if not isinstance(dy, np.ndarray) or dy.shape != expected:
+            shape = getattr(dy, "shape", type(dy).__name__)
+            raise ValueError(f"MaxPool2D.backward expects dy of shape {expected}, got {shape}")
+        if dy.dtype != self.dtype:
+            raise TypeError(f"MaxPool2D.backward expects {self.dtype} dy, got {dy.dtype}")
+        relu_output = y if self.activation == "relu" else None
+        if self._backward_is_as_built(dy, need_input_grad):
             # indices come from this layer's own forward kernel: each lies in its window.
-            dx, dw, db = F.backend_module(self.backend).conv2d_pool_backward(
-                self._x, self.params["weight"], dy, y if relu else dy, indices, relu,
-                *self.stride, *self._geometry, *pool.pool_size, need_input_grad)
-            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
+            dx, dw, db = self._op.backward_pooled(self._x, self.params["weight"], dy,
+                                                  relu_output, indices, pool_size,
+                                                  need_input_grad)
         else:
-            dx, dw, db = F.conv2d_max_pool2d_backward(
+            dx, dw, db = functional.conv2d_max_pool2d_backward(
                 self._x, self.params["weight"], dy, indices, self.stride, self.padding,
-                pool.pool_size, relu_output=y if relu else None,
-                need_input_grad=need_input_grad, backend=self.backend)
+                pool_size, relu_output=relu_output, need_input_grad=need_input_grad,
+                backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 
@@ -273,7 +313,9 @@ class ReLU(Layer):
         super().__init__(backend)
         self._mask = None
 
-    def forward(self, x, training=True):
+    _SAVED = ("_mask",)
+
+    def forward(self, x, training=True, rng=None):
         self._check_input(x)
         y = np.maximum(x, 0)
         if training:
@@ -292,10 +334,12 @@ class MaxPool2D(Layer):
     def __init__(self, pool_size: int | tuple[int, int] = 2,
                  stride: int | tuple[int, int] | None = None, backend: str = "numba") -> None:
         super().__init__(backend)
-        self.pool_size = F.pair(pool_size, "pool_size")
-        self.stride = F.pair(self.pool_size if stride is None else stride, "stride")
+        self.pool_size = functional.pair(pool_size, "pool_size")
+        self.stride = functional.pair(self.pool_size if stride is None else stride, "stride")
         self._argmax = None
         self._shape = None
+
+    _SAVED = ("_argmax", "_shape")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -306,9 +350,9 @@ class MaxPool2D(Layer):
             raise ValueError(f"pool_size {self.pool_size} is larger than the input {(h, w)}")
         return (c, (h - ph) // sh + 1, (w - pw) // sw + 1)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, rng=None):
         self._check_input(x)
-        y, argmax = F.max_pool2d(x, self.pool_size, self.stride, backend=self.backend)
+        y, argmax = functional.max_pool2d(x, self.pool_size, self.stride, backend=self.backend)
         if training:
             self._argmax, self._shape, self._batch = argmax, x.shape, len(x)
         return y
@@ -316,7 +360,7 @@ class MaxPool2D(Layer):
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._argmax)
         self._check_dy(dy)
-        return F.max_pool2d_backward(dy, self._argmax, self._shape, backend=self.backend)
+        return functional.max_pool2d_backward(dy, self._argmax, self._shape, backend=self.backend)
 
     def get_config(self):
         return {"pool_size": list(self.pool_size), "stride": list(self.stride)}
@@ -326,7 +370,7 @@ class Flatten(Layer):
     def compute_output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, rng=None):
         self._check_input(x)
         if training:
             self._batch = len(x)
@@ -346,16 +390,21 @@ class Dense(Layer):
     def __init__(self, units: int, activation: str | None = None,
                  kernel_initializer: str = "he_normal", backend: str = "numba") -> None:
         super().__init__(backend)
-        self.units = F.check_int(units, "units", 1)
+        self.units = functional.check_int(units, "units", 1)
         self.activation = _activation(activation)
         self.kernel_initializer = _initializer(kernel_initializer)
         self._x = self._y = None
+
+    _SAVED = ("_x", "_y")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
             raise ValueError(f"Dense expects flat inputs (features,), got shape {input_shape}; "
                              "put a Flatten before it")
         return (self.units,)
+
+    def parameter_count(self, input_shape):
+        return math.prod(input_shape) * self.units
 
     def build(self, input_shape, rng, dtype=np.float32):
         out = super().build(input_shape, rng, dtype)
@@ -365,26 +414,24 @@ class Dense(Layer):
                                  rng, dtype),
             "bias": np.zeros(self.units, dtype=dtype),
         }
+        self._op = ops.DenseOp(self.backend)
         return out
 
-    def _fast(self, x: np.ndarray) -> bool:
-        """x and the parameters are as built: the kernels may be called directly."""
+    def _is_as_built(self, x: np.ndarray) -> bool:
         return (_as_built(x, (len(x), *self.input_shape), self.dtype) and len(x) > 0
-                and len(x) * max(self.units, self.input_shape[0]) <= F.MAX_ELEMENTS
+                and len(x) * max(self.units, self.input_shape[0]) <= functional.MAX_ELEMENTS
                 and _as_built(self.params["weight"], (self.input_shape[0], self.units),
                               self.dtype)
                 and _as_built(self.params["bias"], (self.units,), self.dtype))
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, rng=None):
         self._check_input(x)
         relu = self.activation == "relu"
-        if self._fast(x):
-            y = F.backend_module(self.backend).dense_forward(
-                x, self.params["weight"], self.params["bias"], relu).astype(self.dtype,
-                                                                            copy=False)
+        if self._is_as_built(x):
+            y = self._op.forward(x, self.params["weight"], self.params["bias"], relu)
         else:
-            y = F.dense(x, self.params["weight"], self.params["bias"], relu=relu,
-                        backend=self.backend)
+            y = functional.dense(x, self.params["weight"], self.params["bias"], relu=relu,
+                                 backend=self.backend)
         if training:
             self._x, self._y, self._batch = x, y, len(x)
         return y
@@ -392,17 +439,15 @@ class Dense(Layer):
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
         self._check_dy(dy)
-        relu = self.activation == "relu"
-        if self._fast_backward(dy, need_input_grad):
-            dx, dw, db = F.backend_module(self.backend).dense_backward(
-                self._x, self.params["weight"], dy, self._y if relu else dy, relu,
-                need_input_grad)
-            dx, dw, db = F.grads_in(self.dtype, dx, dw, db)
+        relu_output = self._y if self.activation == "relu" else None
+        if self._backward_is_as_built(dy, need_input_grad):
+            dx, dw, db = self._op.backward(self._x, self.params["weight"], dy, relu_output,
+                                           need_input_grad)
         else:
-            dx, dw, db = F.dense_backward(self._x, self.params["weight"], dy,
-                                          relu_output=self._y if relu else None,
-                                          need_input_grad=need_input_grad,
-                                          backend=self.backend)
+            dx, dw, db = functional.dense_backward(self._x, self.params["weight"], dy,
+                                                   relu_output=relu_output,
+                                                   need_input_grad=need_input_grad,
+                                                   backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
+from . import functional, ops
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -19,24 +19,23 @@ class SoftmaxCrossEntropy:
     Calling it returns the loss and keeps its gradient for `backward`."""
 
     def __init__(self, backend: str = "numba") -> None:
-        F.backend_module(backend)  # validates the name
+        ops.backend_module(backend)  # validates the name
         self.backend = backend
         self._grad: np.ndarray | None = None
 
     def __call__(self, logits: np.ndarray, labels: np.ndarray) -> float:
         if type(logits) is np.ndarray and logits.ndim == 2 and len(logits) > 0 \
-                and logits.dtype in F.FLOAT_DTYPES and logits.flags.c_contiguous \
+                and logits.dtype in functional.FLOAT_DTYPES and logits.flags.c_contiguous \
                 and logits.flags.writeable and type(labels) is np.ndarray \
                 and labels.dtype == np.int64 and labels.shape == (len(logits),) \
                 and labels.flags.c_contiguous:
             # What a training step passes: straight to the kernel, which checks the labels.
-            loss, grad, bad = F.backend_module(self.backend).softmax_cross_entropy(logits,
-                                                                                   labels)
+            loss, grad, bad = ops.softmax_cross_entropy(self.backend, logits, labels)
             if bad < 0:
-                self._grad = grad.astype(logits.dtype, copy=False)
-                return float(loss)
+                self._grad = grad
+                return loss
         # Anything else, or a label out of range: functional's checks and messages.
-        loss, self._grad = F.softmax_cross_entropy(logits, labels, backend=self.backend)
+        loss, self._grad = functional.softmax_cross_entropy(logits, labels, backend=self.backend)
         return loss
 
     def backward(self) -> np.ndarray:

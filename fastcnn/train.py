@@ -40,7 +40,8 @@ from .compiling import (
 )
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
-from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state, seed_arch
+from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state
+from .models import seed_arch
 
 # Settings that change the result: a checkpoint only resumes with exactly these.
 RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",

@@ -1,0 +1,147 @@
+"""Prepared operations: a kernel call with its geometry worked out once.
+
+Each op is built from checked geometry (by a layer when it is built, or by
+`fastcnn.functional` for one call) and holds the backend's module; each method is the
+one place its kernel's positional arguments are written. Ops do not validate: their
+callers pass arrays known to fit (C-contiguous, writable, of one float dtype, of the
+shapes the geometry was worked out for). This is where a per-shape choice of algorithm
+belongs, made once when the op is built.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from . import kernels, reference
+from .validation import describe
+
+BACKENDS = ("numba", "numpy")
+
+
+def backend_module(backend: str) -> ModuleType:
+    """The module of kernels (or of NumPy oracles, with the same names and arguments)
+    for a backend name."""
+    # Only strings are compared: `array == "numba"` would raise an unrelated error.
+    if isinstance(backend, str):
+        if backend == "numba":
+            return kernels
+        if backend == "numpy":
+            return reference
+    raise ValueError(f"backend must be one of {BACKENDS}, got {describe(backend)}")
+
+
+Grads = tuple[np.ndarray | None, np.ndarray, np.ndarray]
+
+
+def grads_in(dtype: np.dtype, dx: np.ndarray | None, dw: np.ndarray, db: np.ndarray) -> Grads:
+    """A backward kernel's (dx or None, dw, db) in the data dtype (the NumPy oracles
+    return float64)."""
+    return (None if dx is None else dx.astype(dtype, copy=False), dw.astype(dtype, copy=False),
+            db.astype(dtype, copy=False))
+
+
+class Conv2dOp:
+    """A 2-D convolution of a fixed stride and geometry (pad_top, pad_left, out_h, out_w),
+    optionally fused with a ReLU and with a max-pool of non-overlapping windows after it.
+
+    x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,). ``relu_output`` is the output of
+    a forward pass with ReLU (None: no ReLU); ``indices`` (uint8) the offset of each pool
+    window's maximum inside its window, as the pooled forward pass returns it.
+    """
+
+    __slots__ = ("impl", "stride", "geometry")
+
+    def __init__(self, backend: str, stride: tuple[int, int],
+                 geometry: tuple[int, int, int, int]) -> None:
+        self.impl = backend_module(backend)
+        self.stride = stride
+        self.geometry = geometry
+
+    def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                relu: bool) -> np.ndarray:
+        y = self.impl.conv2d_forward(x, weight, bias, *self.stride, *self.geometry, relu)
+        return y.astype(x.dtype, copy=False)
+
+    def forward_pooled(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, relu: bool,
+                       pool_size: tuple[int, int]) -> np.ndarray:
+        """The pooled output, without the indices (inference)."""
+        y = self.impl.conv2d_pool_forward(x, weight, bias, *self.stride, *self.geometry, relu,
+                                          *pool_size)
+        return y.astype(x.dtype, copy=False)
+
+    def forward_pooled_with_indices(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                                    relu: bool, pool_size: tuple[int, int]
+                                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled output, indices): training."""
+        y, indices = self.impl.conv2d_pool_forward_with_indices(
+            x, weight, bias, *self.stride, *self.geometry, relu, *pool_size)
+        return y.astype(x.dtype, copy=False), indices
+
+    def backward(self, x: np.ndarray, weight: np.ndarray, dy: np.ndarray,
+                 relu_output: np.ndarray | None, need_input_grad: bool) -> Grads:
+        relu = relu_output is not None
+        dx, dw, db = self.impl.conv2d_backward(
+            x, weight, dy, relu_output if relu else dy, relu, *self.stride,
+            *self.geometry[:2], need_input_grad)
+        return grads_in(x.dtype, dx, dw, db)
+
+    def backward_pooled(self, x: np.ndarray, weight: np.ndarray, dy: np.ndarray,
+                        relu_output: np.ndarray | None, indices: np.ndarray,
+                        pool_size: tuple[int, int], need_input_grad: bool) -> Grads:
+        """Gradients through the pool and the convolution; dy, relu_output and indices
+        are of the pooled output's shape."""
+        relu = relu_output is not None
+        dx, dw, db = self.impl.conv2d_pool_backward(
+            x, weight, dy, relu_output if relu else dy, indices, relu, *self.stride,
+            *self.geometry, *pool_size, need_input_grad)
+        return grads_in(x.dtype, dx, dw, db)
+
+
+class MaxPool2dOp:
+    """Max pooling of a fixed window and stride; argmax (int64) holds the flat index
+    h * W + w of each window's first maximum in its input plane."""
+
+    __slots__ = ("impl", "pool_size", "stride")
+
+    def __init__(self, backend: str, pool_size: tuple[int, int],
+                 stride: tuple[int, int]) -> None:
+        self.impl = backend_module(backend)
+        self.pool_size = pool_size
+        self.stride = stride
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y, argmax = self.impl.maxpool2d_forward(x, *self.pool_size, *self.stride)
+        return y.astype(x.dtype, copy=False), argmax
+
+    def backward(self, dy: np.ndarray, argmax: np.ndarray, in_h: int, in_w: int) -> np.ndarray:
+        return self.impl.maxpool2d_backward(dy, argmax, in_h, in_w).astype(dy.dtype, copy=False)
+
+
+class DenseOp:
+    """y = x @ weight + bias, optionally fused with a ReLU. x: (N, K); weight: (K, U)."""
+
+    __slots__ = ("impl",)
+
+    def __init__(self, backend: str) -> None:
+        self.impl = backend_module(backend)
+
+    def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                relu: bool) -> np.ndarray:
+        return self.impl.dense_forward(x, weight, bias, relu).astype(x.dtype, copy=False)
+
+    def backward(self, x: np.ndarray, weight: np.ndarray, dy: np.ndarray,
+                 relu_output: np.ndarray | None, need_input_grad: bool) -> Grads:
+        relu = relu_output is not None
+        dx, dw, db = self.impl.dense_backward(x, weight, dy, relu_output if relu else dy, relu,
+                                              need_input_grad)
+        return grads_in(x.dtype, dx, dw, db)
+
+
+def softmax_cross_entropy(backend: str, logits: np.ndarray,
+                          labels: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """(mean loss, gradient in the logits' dtype, index of the first label out of range
+    or -1). logits: (N, classes); labels: (N,) int64."""
+    loss, grad, bad = backend_module(backend).softmax_cross_entropy(logits, labels)
+    return float(loss), grad.astype(logits.dtype, copy=False), int(bad)
