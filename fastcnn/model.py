@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import metrics
-from .data import normalize
+from .data import MEAN, STD
 from .layers import LAYERS, Layer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Optimizer
 from .plan import Step, build_plan
+from .preprocessing import standardize
 from .training import FitState, History, TrainingDiverged, check_fit_state, fit
 from .validation import check_int, describe
 
@@ -75,7 +76,8 @@ class Sequential:
 
     # -- core passes -------------------------------------------------------------------
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Images as the first layer wants them: uint8 pixels are normalised per batch."""
+        """Images as the first layer wants them: uint8 pixels are standardised with
+        Fashion-MNIST's mean and std (in every channel), floats taken as they are."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
         if x.ndim == 0:
@@ -86,7 +88,7 @@ class Sequential:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
         if x.dtype == np.uint8:
-            return normalize(x).astype(self.dtype, copy=False)
+            return standardize(x, (MEAN,), (STD,)).astype(self.dtype, copy=False)
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"x must be uint8 pixels or floats, got dtype {x.dtype}")
         return np.ascontiguousarray(x, dtype=self.dtype)

@@ -824,3 +824,35 @@ def test_batches_bad_args() -> None:
         list(batches(10, 0, None))
     with pytest.raises(ValueError, match="n must be"):
         list(batches(-1, 4, None))
+
+
+# --------------------------------------------------------------------------- standardize
+
+
+def test_standardize_uses_each_channels_statistics() -> None:
+    from fastcnn.preprocessing import standardize
+
+    x = np.random.default_rng(0).integers(0, 256, (3, 3, 4, 5), dtype=np.uint8)
+    mean, std = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.7])
+    want = ((x / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+    got = standardize(x, tuple(mean), tuple(std))
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    # One value for every channel, and Fashion-MNIST's through data.normalize.
+    same = ((x / 255.0 - 0.2) / 0.6).astype(np.float32)
+    assert np.array_equal(standardize(x, (0.2,), (0.6,)), same)
+    one = x[:, :1]
+    assert np.array_equal(data.normalize(one),
+                          ((one / 255.0 - data.MEAN) / data.STD).astype(np.float32))
+    with pytest.raises(ValueError, match="1 or 3 values"):
+        standardize(x, (0.1, 0.2), (0.5,))
+
+
+def test_a_model_takes_uint8_images_of_any_channel_count() -> None:
+    from fastcnn import Dense, Flatten, Sequential
+
+    model = Sequential([Flatten(), Dense(2)], input_shape=(3, 4, 4))
+    x = np.random.default_rng(1).integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    prepared = model.prepare(x)
+    assert prepared.shape == x.shape and prepared.dtype == np.float32
+    assert np.array_equal(prepared, ((x / 255.0 - data.MEAN) / data.STD).astype(np.float32))
+    assert model.predict(x).shape == (5, 2)
