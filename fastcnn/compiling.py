@@ -91,16 +91,16 @@ def compile_backward(dtype: str, layers: tuple[str, ...]) -> None:
     layer ("dense") in dtype, on tiny zeros: a kernel's signature depends on types, not
     shapes, so a training run can compile them before its forward pass produced
     activations (and have a second process compile some)."""
-    from .kernels import conv, dense
+    from . import ops
 
     x = np.zeros((1, 1, 4, 4), dtype=dtype)
     if "conv" in layers:  # the pooled backward runs the same kernel
-        conv.conv2d_backward(x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True, 1, 1, 1, 1,
-                             True)
+        ops.Conv2dOp("numba", (1, 1), (1, 1, 4, 4)).backward(
+            x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True)
     if "dense" in layers:
         flat = x.reshape(1, -1)
-        dense.dense_backward(flat, np.zeros((16, 2), dtype=dtype), flat[:, :2], flat[:, :2],
-                             True, True)
+        y = np.zeros((1, 2), dtype=dtype)
+        ops.DenseOp("numba").backward(flat, np.zeros((16, 2), dtype=dtype), y, y, True)
 
 
 def compile_backward_silently(dtype: str, layers: tuple[str, ...]

@@ -133,8 +133,8 @@ def _as_built(a: object, shape: tuple[int, ...], dtype: np.dtype) -> bool:
     The layers then run the operations they prepared when built. Anything
     else (a parameter someone replaced, a strided view, an empty batch) goes through
     `fastcnn.functional`, whose checks copy what they can and name what they cannot: the
-    same results and the same errors, at 10-20 us more per call, which inside a training
-    step, with the caches full of activations, came to 3-4% of the step.
+    same results and the same errors, at the price of those checks on every call (a few
+    percent of a training step: bench/README.md).
     """
     return (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype
             and a.flags.c_contiguous and a.flags.writeable)

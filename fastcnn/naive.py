@@ -100,16 +100,16 @@ def dense_forward(x, weight, bias, relu):
     return np.maximum(y, 0.0) if relu else y
 
 
-def dense_backward(x, weight, dy, y, relu, input_grad):
+def dense_backward(x, weight, dy, y, relu, need_input_grad):
     w = weight.astype(np.float64)
-    dx = np.zeros(x.shape) if input_grad else None
+    dx = np.zeros(x.shape) if need_input_grad else None
     dw = np.zeros(w.shape)
     db = np.zeros(w.shape[1])
     for n in range(x.shape[0]):
         g = np.where(y[n] > 0, dy[n], 0.0) if relu else dy[n].astype(np.float64)
         dw += np.outer(x[n], g)
         db += g
-        if input_grad:
+        if need_input_grad:
             dx[n] = np.dot(w, g)
     return dx, dw, db
 

@@ -84,9 +84,9 @@ def dense_forward(x, weight, bias, relu):
     return np.maximum(y, 0.0) if relu else y
 
 
-def dense_backward(x, weight, dy, y, relu, input_grad):
+def dense_backward(x, weight, dy, y, relu, need_input_grad):
     g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
-    dx = g @ weight.astype(np.float64).T if input_grad else None
+    dx = g @ weight.astype(np.float64).T if need_input_grad else None
     return dx, x.astype(np.float64).T @ g, g.sum(axis=0)
 
 
@@ -94,12 +94,12 @@ def fused_backward(backward_input, backward_weight):
     """The fused conv2d_backward of a module, composed from its two gradient functions."""
 
     def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
-                        input_grad):
+                        need_input_grad):
         if relu:
             dy = np.where(y > 0, dy, 0.0)
         KH, KW = weight.shape[2:]
         dx = None
-        if input_grad:
+        if need_input_grad:
             dx = backward_input(dy, weight, x.shape[2], x.shape[3], stride_h, stride_w,
                                 pad_top, pad_left)
         dw, db = backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
@@ -149,16 +149,16 @@ def pooled_forward_with_indices(conv_forward, pool_forward):
 def pooled_backward(conv_backward, pool_backward):
     """The conv2d_pool_backward of a module, composed from its conv and pool backwards."""
 
-    def conv2d_pool_backward(x, weight, dy, y, window, relu, stride_h, stride_w, pad_top,
-                             pad_left, out_h, out_w, pool_h, pool_w, input_grad):
+    def conv2d_pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
+                             pad_left, out_h, out_w, pool_h, pool_w, need_input_grad):
         _, _, PH, PW = dy.shape
         # The ReLU passes the gradient at a window's maximum where the pooled output is > 0.
         g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
-        rows = np.arange(PH)[:, None] * pool_h + window // pool_w
-        cols = np.arange(PW)[None, :] * pool_w + window % pool_w
+        rows = np.arange(PH)[:, None] * pool_h + indices // pool_w
+        cols = np.arange(PW)[None, :] * pool_w + indices % pool_w
         full = pool_backward(g, (rows * out_w + cols).astype(np.int64), out_h, out_w)
         return conv_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
-                             pad_left, input_grad)
+                             pad_left, need_input_grad)
 
     return conv2d_pool_backward
 

@@ -2,7 +2,7 @@
 memory stays with the process.
 
 On a small machine Numba's OpenMP/TBB workers and OpenBLAS's threads fight over
-the same cores; pinning BLAS to one thread made a whole training step ~3x faster.
+the same cores, so BLAS is pinned to one thread (bench/README.md has the measurement).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to reuse freed batch-sized buffers instead of returning them to the OS.
 
     By default glibc serves large arrays with fresh mmap pages and unmaps them on free,
-    so every batch page-faults its buffers in again; the faults serialise both threads
-    and cost ~25% of a SEED-ARCH training step. Peak memory is unchanged; memory that
+    so every batch page-faults its buffers in again, and the faults serialise both
+    threads (bench/README.md says what that cost). Peak memory is unchanged; memory that
     was freed is kept for reuse. A no-op (returns False) off glibc. Idempotent.
     """
     global _malloc_tuned

@@ -11,6 +11,11 @@ plane copies across modules, so every kernel's cache is stamped with a hash of e
 source file of this package as well: an edit anywhere in `fastcnn.kernels` recompiles
 all of them, and none can go stale. tests/test_numba_cache.py checks both.
 
+FASTCNN_NUMBA_SERIAL=1 compiles every kernel without ``parallel`` (prange runs as
+range), for the bounds-checked test run: an IndexError raised inside a parallel region
+is lost, or surfaces later as a SystemError. Never for real use, and never cached
+(that run turns the cache off).
+
 ``FASTMATH`` is the one set of fast-math flags the kernels use: reassociation and
 fused multiply-add, never the flags that assume no NaN or infinity (the kernels must
 carry a NaN through, as NumPy does).
@@ -28,6 +33,7 @@ from numba.core import caching
 
 CACHE = os.environ.get("FASTCNN_NUMBA_CACHE", "1").strip().lower() not in ("0", "false", "no",
                                                                            "off")
+SERIAL = os.environ.get("FASTCNN_NUMBA_SERIAL", "0").strip() == "1"
 FASTMATH = {"reassoc", "contract"}
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -75,6 +81,9 @@ class PackageFunctionCache(caching.FunctionCache):
 
 def jit(**options):
     """numba.njit with fastcnn's cache policy."""
+
+    if SERIAL:
+        options = {k: v for k, v in options.items() if k != "parallel"}
 
     def decorate(func):
         dispatcher = njit(**options)(func)

@@ -130,7 +130,7 @@ def _dense_forward(x, weight, bias, relu):
 
 
 @jit(parallel=True, fastmath=FASTMATH)
-def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
+def _dense_backward(x, weight, dy, mask, relu, need_input_grad):
     N, K = x.shape
     U = weight.shape[1]
     # dy through the ReLU, with zero columns up to a multiple of 16: rows of the weight
@@ -140,7 +140,7 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     db = np.zeros(U)
     for n in range(N):
         for u in range(U):
-            v = dy[n, u] if not use_mask or mask[n, u] > 0 else 0
+            v = dy[n, u] if not relu or mask[n, u] > 0 else 0
             g[n, u] = v
             db[u] += v
     # dw = x.T @ g: three rows of dw per task, samples as taps. x.T is a view (read
@@ -156,8 +156,8 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
     # dx = g @ weight.T. Few samples: dot products along the rows of weight, which reads
     # the weight once. Many: rows of weight.T (length K) as taps, which vectorise better
     # than dot products of length U but need the transpose.
-    dx = np.empty((N if input_grad else 0, K), dtype=dy.dtype)
-    if input_grad and N < DENSE_SMALL_BATCH:
+    dx = np.empty((N if need_input_grad else 0, K), dtype=dy.dtype)
+    if need_input_grad and N < DENSE_SMALL_BATCH:
         zero = np.zeros(1, dtype=dy.dtype)[0]
         nb = (N + 2) // 3
         for t in prange(((K + 3) // 4) * nb):
@@ -170,7 +170,7 @@ def _dense_backward(x, weight, dy, mask, use_mask, input_grad):
             for i in range(min(4, K - k0)):
                 for j in range(min(3, N - n0)):
                     dx[n0 + j, k0 + i] = sums[i][j]
-    elif input_grad:
+    elif need_input_grad:
         wt = np.empty((U, K), dtype=dy.dtype)
         for t in prange((K + DENSE_TILE - 1) // DENSE_TILE):
             _transpose_into(wt, weight, t)
@@ -190,12 +190,12 @@ def dense_forward(x, weight, bias, relu):
     return _dense_forward(x, weight, bias, relu)
 
 
-def dense_backward(x, weight, dy, y, relu, input_grad):
+def dense_backward(x, weight, dy, y, relu, need_input_grad):
     """All gradients of a dense layer.
 
     x: (N, K); weight: (K, U); dy, y: (N, U). With relu, y is the fused dense + ReLU
     output and dy is first zeroed where y <= 0. Returns (dx: (N, K) or None when not
-    input_grad, dw: (K, U), db: (U,)).
+    need_input_grad, dw: (K, U), db: (U,)).
     """
-    dx, dw, db = _dense_backward(x, weight, dy, y, relu, input_grad)
-    return (dx if input_grad else None), dw, db.astype(dy.dtype)
+    dx, dw, db = _dense_backward(x, weight, dy, y, relu, need_input_grad)
+    return (dx if need_input_grad else None), dw, db.astype(dy.dtype)

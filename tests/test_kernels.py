@@ -296,7 +296,7 @@ def test_task_groups_give_the_same_bits(dtype, pool, filters, channels, rng):
     y, window = conv_kernels.flat.conv2d_forward_s1(x, *forward_args, 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     flipped = conv_kernels._flipped(wt)
-    backward_args = (dy, y, True, window if pool > 1 else conv_kernels._NO_WINDOW, pool, pool,
+    backward_args = (dy, y, True, window if pool > 1 else conv_kernels._NO_INDICES, pool, pool,
                      flipped, 12, 10, pt, pl, Hp, Wp, oh, True, True, conv_kernels.DOT_FILTERS)
     whole = conv_kernels.flat.conv2d_backward_s1(x, *backward_args, 1)
     for groups in (2, 3, 5):

@@ -313,6 +313,49 @@ def test_training_fuses_conv_and_pool_with_the_same_bits():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_fused_pass_leaves_no_stale_state_in_the_layer_it_stands_in_for():
+    model = fc.seed_arch(0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    pool = model.layers[2]
+    # The pool ran on its own once (as a user may call it), then fused in the model.
+    pool.forward(model.layers[1].forward(model.layers[0].forward(x)), training=True)
+    model.forward(x, training=True)
+    with pytest.raises(RuntimeError, match="before forward"):
+        pool.backward(np.ones((3, 6, 14, 14), np.float32))
+
+
+def test_the_execution_plan_fuses_by_its_table(monkeypatch):
+    from fastcnn import plan
+
+    model = fc.seed_arch(0)
+    assert [(s.first, s.size) for s in model._plans[True]] == [(0, 1), (1, 2), (3, 1), (4, 1),
+                                                               (5, 1)]
+    calls = []
+
+    def forward(flatten, dense, x, training):
+        calls.append("forward")
+        return dense.forward(flatten.forward(x, training), training)
+
+    def backward(flatten, dense, dy, need):
+        calls.append("backward")
+        return flatten.backward(dense.backward(dy, True), need)
+
+    # A new fused pair is one entry of the table.
+    monkeypatch.setattr(plan, "FUSIONS", (*plan.FUSIONS, plan.Fusion(
+        fc.Flatten, fc.Dense, lambda a, b, training: training, forward, backward)))
+    fused = fc.seed_arch(0)
+    assert [(s.first, s.size) for s in fused._plans[True]] == [(0, 1), (1, 2), (3, 2), (5, 1)]
+    assert len(fused._plans[False]) == 5  # the entry applies in training only
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    for m in (model, fused):
+        m.train_step(x, labels, fc.SGD(0.1))
+    assert calls == ["forward", "backward"]
+    for a, b in zip(model.parameters(), fused.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("make_opt", [lambda: fc.SGD(0.05, momentum=0.9), lambda: fc.Adam(0.01)])
 def test_warmup_compiles_the_optimizer_and_changes_nothing(make_opt):
     model, opt = fc.seed_arch(0), make_opt()

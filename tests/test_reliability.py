@@ -279,6 +279,38 @@ def strided_model(seed: int) -> fc.Sequential:
     ], input_shape=(1, 28, 28), seed=seed, dtype=np.float64)
 
 
+class Noise(fc.Layer):
+    """Draws from the model's generator in training, as Dropout will, and keeps a buffer,
+    as BatchNorm's running statistics will: adds 0.1 * N(0, 1) noise and counts passes."""
+
+    def build(self, input_shape, rng, dtype=np.float32):
+        out = super().build(input_shape, rng, dtype)
+        self.buffers = {"passes": np.zeros(1, dtype=dtype)}
+        return out
+
+    def forward(self, x, training=True, rng=None):
+        self._check_input(x)
+        if not training:
+            return x
+        self.buffers["passes"] += 1
+        self._batch = len(x)
+        return x + (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
+
+    def backward(self, dy, need_input_grad=True):
+        self._check_dy(dy)
+        return dy
+
+
+def noisy_model(seed: int) -> fc.Sequential:
+    return fc.Sequential([
+        fc.Conv2D(4, 3, padding="same", activation="relu"),
+        Noise(),
+        fc.MaxPool2D(2),
+        fc.Flatten(),
+        fc.Dense(10),
+    ], input_shape=(1, 28, 28), seed=seed)
+
+
 def fit(model, data, optimizer, **kwargs) -> fc.History:
     x, y, xt, yt = data
     return model.fit(x, y, epochs=2, batch_size=32, optimizer=optimizer,
@@ -293,7 +325,8 @@ def same_history(a: fc.History, b: fc.History) -> bool:
 @pytest.mark.parametrize("make_model,make_opt", [
     (fc.seed_arch, lambda: fc.SGD(fc.CosineDecay(0.05, 12), momentum=0.9, nesterov=True)),
     (strided_model, lambda: fc.Adam(fc.StepDecay(0.01, 5))),
-], ids=["seed-arch-sgd", "strided-f64-adam"])
+    (noisy_model, lambda: fc.SGD(0.05, momentum=0.9)),
+], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer"])
 def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
     full = make_model(0)
     history = fit(full, small, make_opt())
@@ -314,7 +347,8 @@ def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
         opt2.load_state({k: v.copy() for k, v in opt.state().items()}, opt.iterations,
                         resumed.parameters())
         h2 = fit(resumed, small, opt2, initial_state=seen[0])
-        for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        for a, b in zip(full.state_arrays().values(), resumed.state_arrays().values(),
+                        strict=True):
             assert np.array_equal(a, b), stop
         assert same_history(history, h2), stop
 
@@ -451,3 +485,38 @@ def test_failed_checkpoint_keeps_the_old_one(stopped_run, tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="refusing to checkpoint NaN"):
         ckpt.save_checkpoint(path, saved.model, opt, saved.state, saved.settings)
     assert path.read_bytes() == ckpt.checkpoint_path(stopped_run).read_bytes()
+
+
+def test_random_layers_draw_from_the_fit_seed_and_buffers_are_not_optimised(small):
+    x, y, xt, yt = small
+    runs = []
+    for seed in (3, 3, 4):
+        model = noisy_model(0)
+        before = {k: v.copy() for k, v in model.state_arrays().items()}
+        model.fit(x, y, epochs=1, batch_size=32, optimizer=fc.SGD(0.05), seed=seed,
+                  verbose=False)
+        runs.append(model)
+        steps = -(-len(x) // 32)
+        assert model.layers[1].buffers["passes"][0] == steps  # counted, never stepped
+        assert "1.passes" in model.state_arrays() and len(model.parameters()) == 4
+        assert not np.array_equal(before["0.weight"], model.state_arrays()["0.weight"])
+    # The same seed draws the same noise; another seed other noise (and data order).
+    assert np.array_equal(runs[0].parameters()[0], runs[1].parameters()[0])
+    assert not np.array_equal(runs[0].parameters()[0], runs[2].parameters()[0])
+
+
+def test_checkpoint_carries_the_layers_generator(small, tmp_path, monkeypatch):
+    from fastcnn import layers
+    from fastcnn.checkpoint import load_checkpoint, save_checkpoint
+
+    monkeypatch.setitem(layers.LAYERS, "Noise", Noise)
+    model, opt = noisy_model(0), fc.SGD(0.05)
+    states = []
+    fit(model, small, opt, on_progress=lambda s: states.append(s) or len(states) == 3)
+    state = states[-1]
+    assert state.layer_rng_state is not None
+    save_checkpoint(tmp_path / "c.npz", model, opt, state, {})
+    loaded = load_checkpoint(tmp_path / "c.npz")
+    assert loaded.state.layer_rng_state == state.layer_rng_state
+    assert np.array_equal(loaded.model.layers[1].buffers["passes"],
+                          model.layers[1].buffers["passes"])

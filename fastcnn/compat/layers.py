@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..kernels import conv2d_backward, conv2d_forward
+from .. import ops
 from ..kernels.compat import (
     dense_backward_sgd,
     dense_forward,
@@ -139,6 +139,12 @@ class ConvLayer:
         self._k = k
         self._zero_bias = np.zeros(num_kernels)
         self._padded: np.ndarray | None = None
+        # The convolution of an already padded image, and its backward pass from the
+        # unpadded input (zero padding: the kernel pads) or from the padded one.
+        p = k // 2
+        self._forward_op = ops.Conv2dOp("numba", (1, 1), (0, 0, height, width))
+        self._backward_ops = {True: ops.Conv2dOp("numba", (1, 1), (p, p, height, width)),
+                              False: ops.Conv2dOp("numba", (1, 1), (0, 0, height, width))}
 
     def iter_regions(self, image: np.ndarray) -> Iterator[tuple[np.ndarray, int, int]]:
         """Yield every (region, i, j): the kernel_size x kernel_size windows of a padded image."""
@@ -169,7 +175,7 @@ class ConvLayer:
         w = _param(self.kernels, self._kernel_shape, "kernels")
         b = _param(self.bias, self._bias_shape, "bias")
         _, height, width = self._in_shape
-        y = conv2d_forward(padded, w, self._zero_bias, 1, 1, 0, 0, height, width, False)
+        y = self._forward_op.forward(padded, w, self._zero_bias, False)
         y += b
         return y
 
@@ -186,15 +192,16 @@ class ConvLayer:
         w = _param(self.kernels, self._kernel_shape, "kernels")
         _, height, width = self._in_shape
         p = self._k // 2
-        if self.padding == 0:
+        zero_padding = self.padding == 0
+        if zero_padding:
             # The kernel pads with zeros itself, and then computes dx for the input only.
-            x, pad, crop = np.ascontiguousarray(self._padded[:, p:p + height, p:p + width]), p, 0
+            x, crop = np.ascontiguousarray(self._padded[:, p:p + height, p:p + width]), 0
         else:
             # dx is the padded input's: its interior is the input's gradient.
-            x, pad, crop = self._padded, 0, p
+            x, crop = self._padded, p
         # One pass for both gradients, the input's with the kernels from before the
         # update, as the notebook does.
-        dx, dw, _ = conv2d_backward(x[None], w, dy, dy, False, 1, 1, pad, pad, input_grad)
+        dx, dw, _ = self._backward_ops[zero_padding].backward(x[None], w, dy, None, input_grad)
         self.bias -= learn_rate * dy[0]
         self.kernels -= learn_rate * dw
         if not input_grad:

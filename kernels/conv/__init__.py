@@ -47,12 +47,12 @@ def _groups(n, chunk, passes, work):
 
 
 def _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h, pool_w,
-                want_window):
+                want_indices):
     """conv2d_forward_s1, its tasks split for small batches."""
     F, C, KH, KW = weight.shape
     groups = _groups(len(x), FORWARD_CHUNK, -(-F // 3), F * C * KH * KW * out_h * out_w)
     return conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu,
-                              pool_h, pool_w, want_window, groups)
+                              pool_h, pool_w, want_indices, groups)
 
 
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu):
@@ -72,18 +72,18 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
 
 
 def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
-               pool_h, pool_w, want_window):
-    """(y, window or None) of conv2d_pool_forward_with_indices, for any stride."""
+               pool_h, pool_w, want_indices):
+    """(y, indices or None) of conv2d_pool_forward_with_indices, for any stride."""
     if stride_h != 1 or stride_w != 1:
         y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
                            out_w, relu)
         pooled, argmax = pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)
-        return pooled, (window_of(argmax, out_w, pool_h, pool_w) if want_window else None)
+        return pooled, (window_of(argmax, out_w, pool_h, pool_w) if want_indices else None)
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
     return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                       pool_w, want_window)
+                       pool_w, want_indices)
 
 
 def conv2d_pool_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
@@ -102,7 +102,7 @@ def conv2d_pool_forward_with_indices(x, weight, bias, stride_h, stride_w, pad_to
                                      out_h, out_w, relu, pool_h, pool_w):
     """conv2d_pool_forward, and where each maximum was: the training path.
 
-    Returns (y, window), both (N, F, out_h // pool_h, out_w // pool_w); window (uint8)
+    Returns (y, indices), both (N, F, out_h // pool_h, out_w // pool_w); indices (uint8)
     holds a * pool_w + b, the offset (a, b) of each maximum inside its window, as
     maxpool2d_forward's argmax finds it. pool_h * pool_w must be at most 256.
     """
@@ -114,31 +114,31 @@ def _flipped(weight):
     return np.ascontiguousarray(weight[:, :, :, ::-1])
 
 
-def _backward_s1(x, weight, dy, mask, relu, window, pool_h, pool_w, in_h, in_w, pad_top,
-                 pad_left, out_h, out_w, weight_grad, input_grad):
+def _backward_s1(x, weight, dy, mask, relu, indices, pool_h, pool_w, in_h, in_w, pad_top,
+                 pad_left, out_h, out_w, need_weight_grad, need_input_grad):
     """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype."""
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
     # Only the input gradient reads the (flipped) weight; otherwise just its shape.
-    flipped = _flipped(weight) if input_grad else weight
+    flipped = _flipped(weight) if need_input_grad else weight
     F, C = weight.shape[:2]
     groups = _groups(len(dy), GRAD_CHUNK, max(-(-F // DOT_FILTERS), -(-C // 3)),
-                     F * C * KH * KW * out_h * out_w * (weight_grad + input_grad))
-    dx, dw, db = conv2d_backward_s1(x, dy, mask, relu, window, pool_h, pool_w, flipped, in_h,
-                                     in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad,
-                                     input_grad, DOT_FILTERS, groups)
-    return (dx if input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
+                     F * C * KH * KW * out_h * out_w * (need_weight_grad + need_input_grad))
+    dx, dw, db = conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, flipped, in_h,
+                                     in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad,
+                                     need_input_grad, DOT_FILTERS, groups)
+    return (dx if need_input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
 
 
-_NO_WINDOW = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
+_NO_INDICES = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
 
 
-def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, input_grad):
+def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, need_input_grad):
     """All gradients of a convolution in one pass over shared buffers.
 
     x: (N, C, H, W); weight: (F, C, KH, KW); dy, y: (N, F, OH, OW). With relu, y is the
     fused conv + ReLU output and dy is first zeroed where y <= 0. Returns
-    (dx: (N, C, H, W) or None when not input_grad, dw: (F, C, KH, KW), db: (F,)).
+    (dx: (N, C, H, W) or None when not need_input_grad, dw: (F, C, KH, KW), db: (F,)).
     """
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
@@ -146,34 +146,34 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
         if relu:
             dy = relu_mask(dy, y)
         dx = None
-        if input_grad:
+        if need_input_grad:
             dx = conv2d_backward_input_strided(dy, weight, H, W, stride_h, stride_w,
                                                 pad_top, pad_left)
         dw_parts, db_parts = conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
                                                      pad_top, pad_left)
         return dx, sum_parts(dw_parts), sum_parts(db_parts)
     _, _, OH, OW = dy.shape
-    return _backward_s1(x, weight, dy, y, relu, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
-                        OW, True, input_grad)
+    return _backward_s1(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, need_input_grad)
 
 
-def conv2d_pool_backward(x, weight, dy, y, window, relu, stride_h, stride_w, pad_top, pad_left,
-                         out_h, out_w, pool_h, pool_w, input_grad):
+def conv2d_pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top, pad_left,
+                         out_h, out_w, pool_h, pool_w, need_input_grad):
     """conv2d_backward through the max-pool after the convolution, in one pass: the
     backward of conv2d_pool_forward_with_indices.
 
-    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y, window: (N, F, out_h // pool_h,
+    x: (N, C, H, W); weight: (F, C, KH, KW); dy, y, indices: (N, F, out_h // pool_h,
     out_w // pool_w), the pooled output's gradient, the pooled output and the window
     indices (each < pool_h * pool_w). With relu, the gradient reaches each maximum only
     where y > 0. Returns (dx or None, dw, db) as conv2d_backward does.
     """
     _, _, H, W = x.shape
     if stride_h != 1 or stride_w != 1:
-        full = unpooled(dy, y, relu, window, out_h, out_w, pool_h, pool_w)
+        full = unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w)
         return conv2d_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
-                               pad_left, input_grad)
-    return _backward_s1(x, weight, dy, y, relu, window, pool_h, pool_w, H, W, pad_top,
-                        pad_left, out_h, out_w, True, input_grad)
+                               pad_left, need_input_grad)
+    return _backward_s1(x, weight, dy, y, relu, indices, pool_h, pool_w, H, W, pad_top,
+                        pad_left, out_h, out_w, True, need_input_grad)
 
 
 def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
@@ -185,7 +185,7 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
         return conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
                                               pad_top, pad_left)
     _, _, OH, OW = dy.shape
-    return _backward_s1(dy, weight, dy, dy, False, _NO_WINDOW, 1, 1, in_h, in_w, pad_top,
+    return _backward_s1(dy, weight, dy, dy, False, _NO_INDICES, 1, 1, in_h, in_w, pad_top,
                         pad_left, OH, OW, False, True)[0]
 
 
@@ -203,5 +203,5 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
     _, F, OH, OW = dy.shape
     # The kernel reads only the weight's shape on this path.
     shape = np.empty((F, C, kernel_h, kernel_w), dtype=x.dtype)
-    return _backward_s1(x, shape, dy, dy, False, _NO_WINDOW, 1, 1, H, W, pad_top, pad_left, OH,
+    return _backward_s1(x, shape, dy, dy, False, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
                         OW, True, False)[1:]

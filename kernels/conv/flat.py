@@ -18,8 +18,8 @@ from .taps import add_taps, add_taps3, dot_taps, dot_taps2, dot_taps3
 
 @jit(fastmath=FASTMATH)
 def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                     want_window, y, window, t, g, groups):
-    """Samples t * FORWARD_CHUNK ... of conv2d_forward_s1, into y and window: of their
+                     want_indices, y, indices, t, g, groups):
+    """Samples t * FORWARD_CHUNK ... of conv2d_forward_s1, into y and indices: of their
     filter triples, those numbered g, g + groups, ... (each sample is padded by each group).
 
     A function of its own, called with int64 indices (a prange index is uint64 inside the
@@ -29,10 +29,10 @@ def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, po
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
-    pooled = pool_h > 1 or pool_w > 1 or want_window
+    pooled = pool_h > 1 or pool_w > 1 or want_indices
     xp = np.empty((C, Hp * Wp + KW), dtype=x.dtype)
     acc = np.empty((3, L), dtype=x.dtype)
-    no_window = np.empty((1, 1), dtype=np.uint8)  # stands in when not want_window
+    no_indices = np.empty((1, 1), dtype=np.uint8)  # stands in when not want_indices
     for n in range(t * FORWARD_CHUNK, min(N, (t + 1) * FORWARD_CHUNK)):
         for c in range(C):
             flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
@@ -53,51 +53,51 @@ def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, po
                             add_taps(acc[k], src, weight[f0 + k, c, ki], L)
             for k in range(nf):
                 if pooled:
-                    win = window[n, f0 + k] if want_window else no_window
+                    win = indices[n, f0 + k] if want_indices else no_indices
                     pool_rows(y[n, f0 + k], win, acc[k], Wp, relu, pool_h, pool_w,
-                               want_window)
+                               want_indices)
                 else:
                     crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
 
 
 @jit(inline="always")
-def _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window):
-    """(y, window), empty, for the stride-1 forward kernels."""
+def _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_indices):
+    """(y, indices), empty, for the stride-1 forward kernels."""
     N = x.shape[0]
     F = weight.shape[0]
     y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
-    window = np.empty((N if want_window else 0, F, out_h // pool_h, out_w // pool_w),
+    indices = np.empty((N if want_indices else 0, F, out_h // pool_h, out_w // pool_w),
                       dtype=np.uint8)
-    return y, window
+    return y, indices
 
 
 @jit(parallel=True, fastmath=FASTMATH)
 def conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                       pool_w, want_window, groups):
+                       pool_w, want_indices, groups):
     """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU, then max-pooled
     over non-overlapping pool_h x pool_w windows (1 x 1: no pooling).
 
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,).
-    Returns (y: (N, F, out_h // pool_h, out_w // pool_w), window: the same shape, uint8,
-    the index of each pool window's maximum when want_window, else of size 0).
+    Returns (y: (N, F, out_h // pool_h, out_w // pool_w), indices: the same shape, uint8,
+    the index of each pool window's maximum when want_indices, else of size 0).
     One task per FORWARD_CHUNK samples and group (1 to ceil(F / 3) groups): it pads each
     sample once into buffers of its own (flat planes of pitch Wp), allocated once per task,
     which stay in cache; three filters share every load of the input. Groups split a
     chunk's filter triples between tasks, for batches too small to keep every thread
     busy; each output is computed the same way for any number of groups.
     """
-    y, window = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_window)
+    y, indices = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_indices)
     for t in prange((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK * groups):
         i = np.int64(t)
         _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                         want_window, y, window, i // groups, i % groups, groups)
-    return y, window
+                         want_indices, y, indices, i // groups, i % groups, groups)
+    return y, indices
 
 
 @jit(fastmath=FASTMATH)
-def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h, in_w,
-                      pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad, dot_filters,
-                      dx, dw_parts, db_parts, k, g, groups):
+def _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h, in_w,
+                      pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
+                      dot_filters, dx, dw_parts, db_parts, k, g, groups):
     """Chunk k (samples k * GRAD_CHUNK ...) of conv2d_backward_s1: its input gradients
     into dx, its weight and bias gradients into dw_parts[k] and db_parts[k]; of the
     weight gradient's passes (dot_filters filters each) and the input gradient's channel
@@ -110,20 +110,20 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
     L = out_h * Wp  # weight gradient: one pass over dy's rows
     Lin = in_h * Wp  # input gradient: one pass over dx's rows
     q0 = pad_top * Wp
-    xp = np.empty((C if weight_grad else 0, Hp * Wp + KW), dtype=dy.dtype)
+    xp = np.empty((C if need_weight_grad else 0, Hp * Wp + KW), dtype=dy.dtype)
     dz = np.empty((F, margin + Hp * Wp), dtype=dy.dtype)
-    acc = np.empty((3, Lin if input_grad else 0), dtype=dy.dtype)
+    acc = np.empty((3, Lin if need_input_grad else 0), dtype=dy.dtype)
     scratch = np.zeros(1, dtype=dy.dtype)  # the data dtype for in-plane partial sums
     offsets = window_offsets(pool_h, pool_w, Wp)
     dw = dw_parts[k]
     for n in range(k * GRAD_CHUNK, min(N, (k + 1) * GRAD_CHUNK)):
         for f in range(F):
             if pooled:
-                unpool_plane(dz[f], dy[n, f], mask[n, f], use_mask, window[n, f],
+                unpool_plane(dz[f], dy[n, f], mask[n, f], relu, indices[n, f],
                               offsets, margin, Wp, pool_h, pool_w)
             else:
-                flat_plane(dz[f], dy[n, f], mask[n, f], use_mask, margin, 0, 0, Wp)
-        if weight_grad:
+                flat_plane(dz[f], dy[n, f], mask[n, f], relu, margin, 0, 0, Wp)
+        if need_weight_grad:
             for c in range(C):
                 flat_plane(xp[c], x[n, c], x[n, c], False, 0, pad_top, pad_left, Wp)
             for f in range(F):
@@ -150,7 +150,7 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
                                        dz[f0 + 1, margin:], src, L, scratch)
                         else:
                             dot_taps(dw[f0, c, ki], dz[f0, margin:], src, L, scratch)
-        if input_grad:
+        if need_input_grad:
             # dx[q] gathers dy[q - ki * Wp - kj]: a correlation with the flipped kernel
             # rows, three input channels per pass sharing each load of dy.
             for c0 in range(3 * g, C, 3 * groups):
@@ -174,7 +174,7 @@ def _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flip
 
 
 @jit(inline="always")
-def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad):
+def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, need_input_grad):
     """(dx, dw_parts, db_parts), dx empty and the partial sums zero, for the stride-1
     backward kernels."""
     N, F, _, _ = dy.shape
@@ -182,25 +182,25 @@ def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad):
     chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
     dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
     db_parts = np.zeros((chunks, F))
-    dx = np.empty((N if input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
+    dx = np.empty((N if need_input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
     return dx, dw_parts, db_parts
 
 
 @jit(parallel=True, fastmath=FASTMATH)
-def conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
-                        in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
+def conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h,
+                        in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
                         dot_filters, groups):
     """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
-    dy: (N, F, out_h, OW), taken as zero where use_mask and mask (same shape) <= 0 (the
+    dy: (N, F, out_h, OW), taken as zero where relu and mask (same shape) <= 0 (the
     fused ReLU). With a pool (pool_h * pool_w > 1), dy and mask are instead the gradient
-    and output of the max-pool after the convolution, (N, F, PH, PW), and window (same
+    and output of the max-pool after the convolution, (N, F, PH, PW), and indices (same
     shape, uint8, each < pool_h * pool_w) says where in its window each maximum was: the
     pool's backward pass, fused into the same copy. x: (N, C, in_h, in_w), read only when
-    weight_grad (pass dy otherwise).
+    need_weight_grad (pass dy otherwise).
     weight_flipped: weight[:, :, :, ::-1] (F, C, KH, KW), contiguous, read only when
-    input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not input_grad), dw:
-    (F, C, KH, KW) and db: (F,), both float64 and zero when not weight_grad.
+    need_input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not need_input_grad), dw:
+    (F, C, KH, KW) and db: (F,), both float64 and zero when not need_weight_grad.
 
     dot_filters (1 to 3): filters per pass of the weight gradient (`_tuning.DOT_FILTERS`).
     groups (>= 1): tasks per chunk, which share its passes and channel triples out.
@@ -212,11 +212,11 @@ def conv2d_backward_s1(x, dy, mask, use_mask, window, pool_h, pool_w, weight_fli
     are added in order at the end, so every bit of the result is the same for any thread
     count and any number of groups.
     """
-    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, input_grad)
+    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, need_input_grad)
     for t in prange(dw_parts.shape[0] * groups):
         i = np.int64(t)
-        _backward_s1_task(x, dy, mask, use_mask, window, pool_h, pool_w, weight_flipped, in_h,
-                          in_w, pad_top, pad_left, Hp, Wp, out_h, weight_grad, input_grad,
+        _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h,
+                          in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
                           dot_filters, dx, dw_parts, db_parts, i // groups, i % groups, groups)
     return dx, sum_parts(dw_parts), sum_parts(db_parts)
 

@@ -10,11 +10,11 @@ from .._jit import jit
 
 
 @jit(inline="always")
-def flat_plane(dst, src, mask, use_mask, before, top, left, Wp):
+def flat_plane(dst, src, mask, relu, before, top, left, Wp):
     """Write every element of dst: zeros, with the (H, W) plane src placed at row `top`,
     column `left` of a pitch-Wp grid that starts at dst[before].
 
-    With use_mask, src is taken as zero where mask (same shape) is <= 0: the ReLU backward
+    With relu, src is taken as zero where mask (same shape) is <= 0: the ReLU backward
     pass, fused into the copy. Writing the zeros here (rather than zeroing the buffer
     first) lets one buffer serve every sample of a task. Unsigned indices: signed ones
     that Numba cannot prove non-negative get wraparound checks that stop vectorisation.
@@ -29,7 +29,7 @@ def flat_plane(dst, src, mask, use_mask, before, top, left, Wp):
     for h in range(uint64(H)):
         b = first + h * uint64(Wp)
         r = h * Wu
-        if use_mask:
+        if relu:
             for w in range(Wu):
                 v = s[r + w]
                 dst[b + w] = v if m[r + w] > 0 else 0
@@ -52,24 +52,24 @@ def window_offsets(pool_h, pool_w, Wp):
 
 
 @jit(inline="always")
-def unpool_plane(dst, g, mask, use_mask, window, offsets, before, Wp, pool_h, pool_w):
+def unpool_plane(dst, g, mask, relu, indices, offsets, before, Wp, pool_h, pool_w):
     """Write every element of dst: zeros, with each pooled gradient g[i, j] (PH, PW) at
     its window's maximum, row i * pool_h + a and column j * pool_w + b of the pitch-Wp
-    grid that starts at dst[before], where window[i, j] = a * pool_w + b and
+    grid that starts at dst[before], where indices[i, j] = a * pool_w + b and
     offsets = window_offsets(pool_h, pool_w, Wp).
 
-    With use_mask, g is taken as zero where mask (the pooled ReLU output) is <= 0: the
-    ReLU gradient at each window's maximum. window values must be < pool_h * pool_w.
+    With relu, g is taken as zero where mask (the pooled ReLU output) is <= 0: the
+    ReLU gradient at each window's maximum. indices values must be < pool_h * pool_w.
     """
     PH, PW = g.shape
     for p in range(dst.shape[0]):
         dst[p] = 0
-    gs, ms, ws = g.reshape(-1), mask.reshape(-1), window.reshape(-1)
+    gs, ms, ws = g.reshape(-1), mask.reshape(-1), indices.reshape(-1)
     for i in range(uint64(PH)):
         row = uint64(before) + i * uint64(pool_h * Wp)
         for j in range(uint64(PW)):
             q = i * uint64(PW) + j
-            if not use_mask or ms[q] > 0:
+            if not relu or ms[q] > 0:
                 dst[row + j * uint64(pool_w) + offsets[ws[q]]] = gs[q]
 
 
@@ -95,9 +95,9 @@ def crop_rows(dst, src, left, Wp, relu):
 
 
 @jit(inline="always")
-def pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
+def pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_indices):
     """dst (PH, PW) = max over non-overlapping pool_h x pool_w windows of the rows of
-    pitch Wp in src, ReLU'd first if relu; with want_window, win (PH, PW) gets the index
+    pitch Wp in src, ReLU'd first if relu; with want_indices, win (PH, PW) gets the index
     a * pool_w + b of each window's first maximum, as maxpool2d_forward finds it on the
     ReLU'd plane. A NaN in a window wins (the first NaN).
 
@@ -127,7 +127,7 @@ def pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
                 s = m1 > m0
                 m = m1 if s else m0
                 d[o + j] = 0 if relu and m < 0 else m  # NaN stays NaN, as in np.maximum
-                if want_window:
+                if want_indices:
                     # ReLU first: a window of values <= 0 pools zeros, whose first is at 0.
                     k = (uint8(2) + uint8(s1)) if s else uint8(s0)
                     w[o + j] = uint8(0) if relu and m <= 0 else k
@@ -151,7 +151,7 @@ def pool_rows(dst, win, src, Wp, relu, pool_h, pool_w, want_window):
                         best = v
                         where = a * pool_w + b
             d[i * PW + j] = best
-            if want_window:
+            if want_indices:
                 w[i * PW + j] = where
 
 
@@ -173,26 +173,26 @@ def sum_parts(parts):
 def window_of(argmax, W, pool_h, pool_w):
     """maxpool2d_forward's argmax (flat h * W + w) as offsets inside each window (uint8)."""
     N, C, PH, PW = argmax.shape
-    window = np.empty((N, C, PH, PW), dtype=np.uint8)
+    indices = np.empty((N, C, PH, PW), dtype=np.uint8)
     for t in prange(N * C):
         n, c = t // C, t % C
         for i in range(PH):
             for j in range(PW):
                 h, w = argmax[n, c, i, j] // W, argmax[n, c, i, j] % W
-                window[n, c, i, j] = (h - i * pool_h) * pool_w + w - j * pool_w
-    return window
+                indices[n, c, i, j] = (h - i * pool_h) * pool_w + w - j * pool_w
+    return indices
 
 
 @jit(parallel=True)
-def unpooled(dy, y, use_mask, window, out_h, out_w, pool_h, pool_w):
-    """The pool's backward pass (and the ReLU's, with use_mask) as a full gradient
+def unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w):
+    """The pool's backward pass (and the ReLU's, with relu) as a full gradient
     (N, F, out_h, out_w), for the strided kernels."""
     N, F, _, _ = dy.shape
     full = np.empty((N, F, out_h, out_w), dtype=dy.dtype)
     offsets = window_offsets(pool_h, pool_w, out_w)
     for t in prange(N * F):
         n, f = t // F, t % F
-        unpool_plane(full[n, f].reshape(-1), dy[n, f], y[n, f], use_mask, window[n, f],
+        unpool_plane(full[n, f].reshape(-1), dy[n, f], y[n, f], relu, indices[n, f],
                       offsets, 0, out_w, pool_h, pool_w)
     return full
 

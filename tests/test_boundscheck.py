@@ -1,0 +1,44 @@
+"""The kernel and fuzz tests once more with Numba's bounds checks compiled in.
+
+test_no_jit.py runs the kernels as plain Python, where NumPy checks every index; this
+runs the compiled kernels themselves (inlined helpers, unsigned index arithmetic) with
+NUMBA_BOUNDSCHECK=1, so an index past an array's end raises IndexError instead of
+reading or writing other memory. The kernels are compiled serially for it
+(FASTCNN_NUMBA_SERIAL=1): Numba loses an IndexError raised inside a parallel region.
+The cache is off for the run: Numba's cache does not key on these settings, and checked
+code must never be loaded by an ordinary run. A few draws per test (the "nojit"
+hypothesis profile, and a fifth of the fuzz examples) keep it to a few minutes, most of
+it compiling.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_kernel_and_fuzz_tests_pass_with_bounds_checks():
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "FASTCNN_NUMBA_SERIAL": "1",
+           "FASTCNN_NUMBA_CACHE": "0", "FASTCNN_FUZZ_SCALE": "0.2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--hypothesis-profile=nojit", "tests/test_kernels.py", "tests/test_fuzz.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    tail = proc.stdout.strip().splitlines()[-1:] or [""]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in tail[0] and "failed" not in tail[0], tail
+
+
+def test_the_bounds_checked_build_catches_an_out_of_bounds_index():
+    """The run above can fail: a kernel handed an index past the array's end (which the
+    validation in fastcnn.functional would refuse) raises instead of writing."""
+    probe = ("import numpy as np; from fastcnn import kernels\n"
+             "dy = np.ones((1, 1, 2, 2), np.float32)\n"
+             "kernels.maxpool2d_backward(dy, np.full(dy.shape, 10**6, np.int64), 4, 4)\n")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "FASTCNN_NUMBA_SERIAL": "1",
+           "FASTCNN_NUMBA_CACHE": "0"}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "IndexError" in proc.stderr, proc.stderr[-2000:]
