@@ -14,21 +14,13 @@ it compiling.
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from kernel_rerun import run_kernel_and_fuzz_tests
 
 
 def test_kernel_and_fuzz_tests_pass_with_bounds_checks():
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "FASTCNN_NUMBA_SERIAL": "1",
-           "FASTCNN_NUMBA_CACHE": "0", "FASTCNN_FUZZ_SCALE": "0.2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "--hypothesis-profile=nojit", "tests/test_kernels.py", "tests/test_fuzz.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    tail = proc.stdout.strip().splitlines()[-1:] or [""]
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in tail[0] and "failed" not in tail[0], tail
+    run_kernel_and_fuzz_tests(NUMBA_BOUNDSCHECK="1", FASTCNN_NUMBA_SERIAL="1",
+                              FASTCNN_NUMBA_CACHE="0")
 
 
 def test_the_bounds_checked_build_catches_an_out_of_bounds_index():

@@ -147,11 +147,9 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
             dy = relu_mask(dy, y)
         dx = None
         if need_input_grad:
-            dx = conv2d_backward_input_strided(dy, weight, H, W, stride_h, stride_w,
-                                                pad_top, pad_left)
-        dw_parts, db_parts = conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w,
-                                                     pad_top, pad_left)
-        return dx, sum_parts(dw_parts), sum_parts(db_parts)
+            dx = conv2d_backward_input(dy, weight, H, W, stride_h, stride_w, pad_top, pad_left)
+        dw, db = conv2d_backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
+        return dx, dw, db
     _, _, OH, OW = dy.shape
     return _backward_s1(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
                         OW, True, need_input_grad)
