@@ -2,7 +2,17 @@
 
 from . import functional
 from .data import CLASS_NAMES, load_dataset, load_fashion_mnist
-from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
+from .layers import (
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    MaxPool2D,
+    ReLU,
+)
 from .losses import SoftmaxCrossEntropy, softmax
 from .model import History, Sequential, TrainingDiverged
 from .models import seed_arch
@@ -14,8 +24,8 @@ __version__ = "0.1.0"
 load_model = Sequential.load
 
 __all__ = [
-    "CLASS_NAMES", "Adam", "Constant", "Conv2D", "CosineDecay", "Dense", "Flatten", "History",
-    "Layer", "MaxPool2D", "ReLU", "SGD", "Sequential", "SoftmaxCrossEntropy", "StepDecay",
-    "TrainingDiverged", "functional", "load_dataset", "load_fashion_mnist", "load_model",
-    "seed_arch", "set_threads", "softmax",
+    "CLASS_NAMES", "Adam", "AvgPool2D", "Constant", "Conv2D", "CosineDecay", "Dense", "Dropout",
+    "Flatten", "GlobalAvgPool2D", "History", "Layer", "MaxPool2D", "ReLU", "SGD", "Sequential",
+    "SoftmaxCrossEntropy", "StepDecay", "TrainingDiverged", "functional", "load_dataset",
+    "load_fashion_mnist", "load_model", "seed_arch", "set_threads", "softmax",
 ]

@@ -221,13 +221,10 @@ def max_pool2d_backward(
                         f"got {describe(argmax)}")
     if argmax.shape != dy.shape:
         raise ValueError(f"argmax shape {argmax.shape} differs from dy shape {dy.shape}")
-    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
-        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {describe(input_shape)}")
-    N, C, H, W = (check_int(v, f"input_shape[{i}]", 1) for i, v in enumerate(input_shape))
+    N, C, H, W = _check_input_shape(input_shape)
     if (N, C) != dy.shape[:2] or H < dy.shape[2] or W < dy.shape[3]:
         raise ValueError(f"input_shape {tuple(input_shape)} cannot have produced dy of "
                          f"shape {dy.shape}")
-    check_budget((N, C, H, W), "the input gradient")
     # The kernel scatters into dx at these indices: any outside the plane would write
     # out of bounds.
     if argmax.min() < 0 or argmax.max() >= H * W:
@@ -301,3 +298,113 @@ def softmax_cross_entropy(
         raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {labels[bad]} "
                          f"at index {bad}")
     return loss, grad
+
+
+def _pool_pairs(pool_size, stride, shape):
+    ph, pw = pair(pool_size, "pool_size")
+    sh, sw = pair(pool_size if stride is None else stride, "stride")
+    if ph > shape[2] or pw > shape[3]:
+        raise ValueError(f"pool_size {(ph, pw)} is larger than the input {shape[2:]}")
+    return (ph, pw), (sh, sw)
+
+
+def _check_input_shape(input_shape: object, ndim: int = 4) -> tuple[int, ...]:
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != ndim:
+        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {describe(input_shape)}")
+    shape = tuple(check_int(v, f"input_shape[{i}]", 1) for i, v in enumerate(input_shape))
+    check_budget(shape, "the input gradient")
+    return shape
+
+
+def avg_pool2d(
+    x: np.ndarray,
+    pool_size: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    *,
+    backend: str = "numba",
+) -> np.ndarray:
+    """Average pooling without padding (floor output size); stride defaults to the pool
+    size. x: (N, C, H, W)."""
+    backend_module(backend)
+    x = check_array(x, "x", 4)
+    pool, stride = _pool_pairs(pool_size, stride, x.shape)
+    return ops.AvgPool2dOp(backend, pool, stride).forward(x)
+
+
+def avg_pool2d_backward(
+    dy: np.ndarray,
+    input_shape: tuple[int, int, int, int],
+    pool_size: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    *,
+    backend: str = "numba",
+) -> np.ndarray:
+    """Input gradient of `avg_pool2d` on an input of input_shape (N, C, H, W)."""
+    backend_module(backend)
+    dy = check_array(dy, "dy", 4)
+    N, C, H, W = _check_input_shape(input_shape)
+    pool, stride = _pool_pairs(pool_size, stride, (N, C, H, W))
+    expected = (N, C, (H - pool[0]) // stride[0] + 1, (W - pool[1]) // stride[1] + 1)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected} for input_shape {(N, C, H, W)}, "
+                         f"got {dy.shape}")
+    return ops.AvgPool2dOp(backend, pool, stride).backward(dy, H, W)
+
+
+def global_avg_pool2d(x: np.ndarray, *, backend: str = "numba") -> np.ndarray:
+    """The mean of each plane: x (N, C, H, W) -> (N, C)."""
+    backend_module(backend)
+    x = check_array(x, "x", 4)
+    return ops.GlobalAvgPool2dOp(backend).forward(x)
+
+
+def global_avg_pool2d_backward(dy: np.ndarray, input_shape: tuple[int, int, int, int], *,
+                               backend: str = "numba") -> np.ndarray:
+    """Input gradient of `global_avg_pool2d`: dy (N, C) spread evenly over each plane."""
+    backend_module(backend)
+    dy = check_array(dy, "dy", 2)
+    N, C, H, W = _check_input_shape(input_shape)
+    if dy.shape != (N, C):
+        raise ValueError(f"dy must have shape {(N, C)} for input_shape {(N, C, H, W)}, "
+                         f"got {dy.shape}")
+    return ops.GlobalAvgPool2dOp(backend).backward(dy, H, W)
+
+
+def check_rate(rate: object) -> float:
+    """A dropout rate: a real number in [0, 1)."""
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"rate must be a number in [0, 1), got {describe(rate)}")
+    if not 0 <= rate < 1:  # NaN fails too
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    return float(rate)
+
+
+def dropout(x: np.ndarray, rate: float, rng: np.random.Generator, *,
+            backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout in training: (y, keep). Each element is kept with probability
+    1 - rate, drawn from ``rng``, and scaled by 1 / (1 - rate); keep (bool, x's shape)
+    is what `dropout_backward` needs."""
+    backend_module(backend)
+    rate = check_rate(rate)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {describe(rng)}")
+    x = np.ascontiguousarray(check_array(x, "x", x.ndim if isinstance(x, np.ndarray) else 1))
+    keep = rng.random(x.shape, dtype=np.float32) >= np.float32(rate)
+    return ops.DropoutOp(backend, rate).apply(x, keep), keep
+
+
+def dropout_backward(dy: np.ndarray, keep: np.ndarray, rate: float, *,
+                     backend: str = "numba") -> np.ndarray:
+    """Input gradient of `dropout`, from the keep mask it returned."""
+    backend_module(backend)
+    rate = check_rate(rate)
+    dy = check_array(dy, "dy", dy.ndim if isinstance(dy, np.ndarray) else 1)
+    if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
+        raise TypeError(f"keep must be the bool array returned by dropout, got "
+                        f"{describe(keep)}")
+    if keep.shape != dy.shape:
+        raise ValueError(f"keep shape {keep.shape} differs from dy shape {dy.shape}")
+    if not keep.flags.writeable or not keep.flags.c_contiguous:
+        keep = np.array(keep, order="C")
+    return ops.DropoutOp(backend, rate).apply(dy, keep)

@@ -70,6 +70,9 @@ class Sequential:
         # The loss follows the layers onto the NumPy oracles when they all use them.
         numpy_only = all(layer.backend == "numpy" for layer in self.layers)
         self.loss = SoftmaxCrossEntropy("numpy" if numpy_only else "numba")
+        # What layers draw from in training when forward is given no generator (fit
+        # gives its own, whose state it checkpoints).
+        self._rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         # The execution plans, worked out once: which layers run fused, as what step.
         self._plans = {training: build_plan(self.layers, training) for training in (False, True)}
         self._trained_plan: tuple[Step, ...] = self._plans[True]  # of the last training pass
@@ -104,6 +107,8 @@ class Sequential:
         pair's fused backward pass.
         """
         plan = self._plans[bool(training)]
+        if training and rng is None:
+            rng = self._rng
         for step in plan:
             x = step.forward(x, training, rng)
         if training:

@@ -137,3 +137,55 @@ def softmax_cross_entropy(logits, labels):
         grad[n] = probs
         grad[n, labels[n]] -= 1
     return total / N, grad / N, -1
+
+
+def avgpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
+    N, C, H, W = x.shape
+    OH = (H - pool_h) // stride_h + 1
+    OW = (W - pool_w) // stride_w + 1
+    y = np.zeros((N, C, OH, OW))
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    region = x[n, c, i * stride_h:i * stride_h + pool_h,
+                               j * stride_w:j * stride_w + pool_w]
+                    y[n, c, i, j] = np.sum(region, dtype=np.float64) / (pool_h * pool_w)
+    return y
+
+
+def avgpool2d_backward(dy, pool_h, pool_w, stride_h, stride_w, in_h, in_w):
+    N, C, OH, OW = dy.shape
+    dx = np.zeros((N, C, in_h, in_w))
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    dx[n, c, i * stride_h:i * stride_h + pool_h,
+                       j * stride_w:j * stride_w + pool_w] += dy[n, c, i, j] / (pool_h * pool_w)
+    return dx
+
+
+def global_avgpool2d_forward(x):
+    N, C, H, W = x.shape
+    y = np.zeros((N, C))
+    for n in range(N):
+        for c in range(C):
+            y[n, c] = np.sum(x[n, c], dtype=np.float64) / (H * W)
+    return y
+
+
+def global_avgpool2d_backward(dy, in_h, in_w):
+    N, C = dy.shape
+    dx = np.zeros((N, C, in_h, in_w))
+    for n in range(N):
+        for c in range(C):
+            dx[n, c] = dy[n, c] / (in_h * in_w)
+    return dx
+
+
+def dropout_apply(x, keep, scale):
+    out = np.zeros(x.shape)
+    for p in np.ndindex(x.shape):
+        out[p] = float(x[p]) * (scale if keep[p] else 0.0)
+    return out

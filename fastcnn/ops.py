@@ -145,3 +145,52 @@ def softmax_cross_entropy(backend: str, logits: np.ndarray,
     or -1). logits: (N, classes); labels: (N,) int64."""
     loss, grad, bad = backend_module(backend).softmax_cross_entropy(logits, labels)
     return float(loss), grad.astype(logits.dtype, copy=False), int(bad)
+
+
+class AvgPool2dOp:
+    """Average pooling of a fixed window and stride, without padding."""
+
+    __slots__ = ("impl", "pool_size", "stride")
+
+    def __init__(self, backend: str, pool_size: tuple[int, int],
+                 stride: tuple[int, int]) -> None:
+        self.impl = backend_module(backend)
+        self.pool_size = pool_size
+        self.stride = stride
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.impl.avgpool2d_forward(x, *self.pool_size, *self.stride).astype(
+            x.dtype, copy=False)
+
+    def backward(self, dy: np.ndarray, in_h: int, in_w: int) -> np.ndarray:
+        return self.impl.avgpool2d_backward(dy, *self.pool_size, *self.stride, in_h,
+                                            in_w).astype(dy.dtype, copy=False)
+
+
+class GlobalAvgPool2dOp:
+    """The mean of each (H, W) plane: (N, C, H, W) -> (N, C)."""
+
+    __slots__ = ("impl",)
+
+    def __init__(self, backend: str) -> None:
+        self.impl = backend_module(backend)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.impl.global_avgpool2d_forward(x).astype(x.dtype, copy=False)
+
+    def backward(self, dy: np.ndarray, in_h: int, in_w: int) -> np.ndarray:
+        return self.impl.global_avgpool2d_backward(dy, in_h, in_w).astype(dy.dtype, copy=False)
+
+
+class DropoutOp:
+    """Inverted dropout of a fixed rate: kept elements scaled by 1 / (1 - rate)."""
+
+    __slots__ = ("impl", "scale")
+
+    def __init__(self, backend: str, rate: float) -> None:
+        self.impl = backend_module(backend)
+        self.scale = 1.0 / (1.0 - rate)
+
+    def apply(self, x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """x (or, backward, dy) where keep, scaled; zero elsewhere."""
+        return self.impl.dropout_apply(x, keep, self.scale).astype(x.dtype, copy=False)

@@ -182,3 +182,35 @@ def softmax_cross_entropy(logits, labels):
     grad = np.exp(z - log_norm[:, None])
     grad[rows, labels] -= 1
     return float(np.mean(log_norm - z[rows, labels])), grad / N, -1
+
+
+def avgpool2d_forward(x, pool_h, pool_w, stride_h, stride_w):
+    N, C, H, W = x.shape
+    OH = (H - pool_h) // stride_h + 1
+    OW = (W - pool_w) // stride_w + 1
+    win = _windows(x.astype(np.float64), pool_h, pool_w, stride_h, stride_w, OH, OW)
+    return win.mean(axis=(4, 5))
+
+
+def avgpool2d_backward(dy, pool_h, pool_w, stride_h, stride_w, in_h, in_w):
+    N, C, OH, OW = dy.shape
+    dx = np.zeros((N, C, in_h, in_w))
+    g = dy.astype(np.float64) / (pool_h * pool_w)
+    for a in range(pool_h):  # every offset inside the window, for all windows at once
+        for b in range(pool_w):
+            dx[:, :, a:a + (OH - 1) * stride_h + 1:stride_h,
+               b:b + (OW - 1) * stride_w + 1:stride_w] += g
+    return dx
+
+
+def global_avgpool2d_forward(x):
+    return x.astype(np.float64).mean(axis=(2, 3))
+
+
+def global_avgpool2d_backward(dy, in_h, in_w):
+    g = dy.astype(np.float64) / (in_h * in_w)
+    return np.broadcast_to(g[:, :, None, None], (*dy.shape, in_h, in_w)).copy()
+
+
+def dropout_apply(x, keep, scale):
+    return x.astype(np.float64) * np.where(keep, scale, 0.0)

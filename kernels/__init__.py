@@ -4,6 +4,12 @@ Installed as ``fastcnn.kernels``. They do no validation (Numba does no bounds
 checks): call them through ``fastcnn.functional`` unless the arguments are known good.
 """
 
+from .avgpool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+)
 from .conv import (
     conv2d_backward,
     conv2d_backward_input,
@@ -14,6 +20,7 @@ from .conv import (
     conv2d_pool_forward_with_indices,
 )
 from .dense import dense_backward, dense_forward
+from .dropout import dropout_apply
 from .loss import softmax_cross_entropy
 from .pool import maxpool2d_backward, maxpool2d_forward
 
@@ -30,4 +37,9 @@ __all__ = [
     "maxpool2d_forward",
     "maxpool2d_backward",
     "softmax_cross_entropy",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "global_avgpool2d_forward",
+    "global_avgpool2d_backward",
+    "dropout_apply",
 ]

@@ -87,7 +87,8 @@ def jit(**options):
 
     def decorate(func):
         dispatcher = njit(**options)(func)
-        if CACHE:
+        # Under NUMBA_DISABLE_JIT=1 njit gives back the plain function: nothing to cache.
+        if CACHE and hasattr(dispatcher, "py_func"):
             # What njit(cache=True) does (Dispatcher.enable_caching), with the package stamp.
             dispatcher._cache = PackageFunctionCache(dispatcher.py_func)
         return dispatcher

@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from fastcnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from fastcnn import (
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+)
 
 EPS = 1e-6
 
@@ -29,7 +39,9 @@ def check_layer(layer, input_shape, rng, backend):
     r = rng.standard_normal((3, *model.output_shape))
 
     def loss():
-        return float(np.sum(layer.forward(x, training=True) * r))
+        # A fresh generator per call: Dropout draws the same mask every time.
+        y = layer.forward(x, training=True, rng=np.random.default_rng(7))
+        return float(np.sum(y * r))
 
     loss()
     dx = layer.backward(r)
@@ -51,6 +63,10 @@ def check_layer(layer, input_shape, rng, backend):
     (lambda b: MaxPool2D(2, backend=b), (3, 8, 7)),
     (lambda b: MaxPool2D(3, stride=2, backend=b), (2, 9, 9)),
     (lambda b: ReLU(backend=b), (2, 5, 5)),
+    (lambda b: AvgPool2D(2, backend=b), (3, 8, 7)),
+    (lambda b: AvgPool2D((3, 2), stride=(1, 2), backend=b), (2, 7, 9)),
+    (lambda b: GlobalAvgPool2D(backend=b), (4, 5, 6)),
+    (lambda b: Dropout(0.4, backend=b), (3, 6, 5)),
     (lambda b: Flatten(backend=b), (2, 3, 4)),
     (lambda b: Dense(7, activation="relu", backend=b), (11,)),
 ])

@@ -311,6 +311,16 @@ def noisy_model(seed: int) -> fc.Sequential:
     ], input_shape=(1, 28, 28), seed=seed)
 
 
+def dropout_model(seed: int) -> fc.Sequential:
+    return fc.Sequential([
+        fc.Conv2D(4, 3, padding="same", activation="relu"),
+        fc.Dropout(0.3),
+        fc.AvgPool2D(2),
+        fc.GlobalAvgPool2D(),
+        fc.Dense(10),
+    ], input_shape=(1, 28, 28), seed=seed)
+
+
 def fit(model, data, optimizer, **kwargs) -> fc.History:
     x, y, xt, yt = data
     return model.fit(x, y, epochs=2, batch_size=32, optimizer=optimizer,
@@ -326,7 +336,8 @@ def same_history(a: fc.History, b: fc.History) -> bool:
     (fc.seed_arch, lambda: fc.SGD(fc.CosineDecay(0.05, 12), momentum=0.9, nesterov=True)),
     (strided_model, lambda: fc.Adam(fc.StepDecay(0.01, 5))),
     (noisy_model, lambda: fc.SGD(0.05, momentum=0.9)),
-], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer"])
+    (dropout_model, lambda: fc.Adam(0.01)),
+], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer", "dropout"])
 def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
     full = make_model(0)
     history = fit(full, small, make_opt())
