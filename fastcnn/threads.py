@@ -46,11 +46,10 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
-def set_threads(n: int | None) -> int:
-    """Use `n` Numba threads (None: all cores) and one BLAS thread. Returns n.
-
-    Also calls `keep_freed_memory`, as training and benchmarks want.
-    """
+def set_threads(n: int | None, *, keep_memory: bool = True) -> int:
+    """Give the cores to Numba: `n` Numba threads (None: all cores) and one BLAS thread,
+    process-wide; with ``keep_memory`` (the default, as training and benchmarks want)
+    also `keep_freed_memory`, glibc's malloc setting. Returns n."""
     global _blas_limit
     available = numba.config.NUMBA_NUM_THREADS
     if n is None:
@@ -59,7 +58,8 @@ def set_threads(n: int | None) -> int:
         raise ValueError(f"threads must be an integer from 1 to {available}, got {n!r}")
     numba.set_num_threads(n)
     _blas_limit = _blas().limit(limits=1, user_api="blas")
-    keep_freed_memory()
+    if keep_memory:
+        keep_freed_memory()
     return n
 
 

@@ -531,3 +531,13 @@ def test_checkpoint_carries_the_layers_generator(small, tmp_path, monkeypatch):
     assert loaded.state.layer_rng_state == state.layer_rng_state
     assert np.array_equal(loaded.model.layers[1].buffers["passes"],
                           model.layers[1].buffers["passes"])
+
+
+def test_set_threads_leaves_malloc_alone_when_asked(monkeypatch, restore_threads):
+    from fastcnn import threads
+
+    calls = []
+    monkeypatch.setattr(threads, "keep_freed_memory", lambda: calls.append("malloc"))
+    assert threads.set_threads(1, keep_memory=False) == 1 and calls == []
+    threads.set_threads(1)
+    assert calls == ["malloc"]
