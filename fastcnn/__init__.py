@@ -10,8 +10,11 @@ from .layers import (
     Flatten,
     GlobalAvgPool2D,
     Layer,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    Sigmoid,
+    Tanh,
 )
 from .losses import SoftmaxCrossEntropy, softmax
 from .model import History, Sequential, TrainingDiverged
@@ -25,7 +28,8 @@ load_model = Sequential.load
 
 __all__ = [
     "CLASS_NAMES", "Adam", "AvgPool2D", "Constant", "Conv2D", "CosineDecay", "Dense", "Dropout",
-    "Flatten", "GlobalAvgPool2D", "History", "Layer", "MaxPool2D", "ReLU", "SGD", "Sequential",
-    "SoftmaxCrossEntropy", "StepDecay", "TrainingDiverged", "functional", "load_dataset",
-    "load_fashion_mnist", "load_model", "seed_arch", "set_threads", "softmax",
+    "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "SGD",
+    "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh", "TrainingDiverged",
+    "functional", "load_dataset", "load_fashion_mnist", "load_model", "seed_arch",
+    "set_threads", "softmax",
 ]

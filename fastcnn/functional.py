@@ -408,3 +408,39 @@ def dropout_backward(dy: np.ndarray, keep: np.ndarray, rate: float, *,
     if not keep.flags.writeable or not keep.flags.c_contiguous:
         keep = np.array(keep, order="C")
     return ops.DropoutOp(backend, rate).apply(dy, keep)
+
+
+def check_activation(name: object, negative_slope: object = 0.01) -> tuple[str, float]:
+    """(name, negative_slope), checked: a name of `ops.ACTIVATIONS` and a finite slope."""
+    if not isinstance(name, str) or name not in ops.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ops.ACTIVATIONS)}, got "
+                         f"{describe(name)}")
+    if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(
+            negative_slope, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(negative_slope):
+        raise TypeError(f"negative_slope must be a finite number, got "
+                        f"{describe(negative_slope)}")
+    return name, float(negative_slope)
+
+
+def activation(x: np.ndarray, name: str, *, negative_slope: float = 0.01,
+               backend: str = "numba") -> np.ndarray:
+    """An element-wise activation: "relu", "leaky_relu" (``negative_slope`` times x
+    below zero), "sigmoid" or "tanh"."""
+    backend_module(backend)
+    name, slope = check_activation(name, negative_slope)
+    x = check_array(x, "x", x.ndim if isinstance(x, np.ndarray) else 1)
+    return ops.ActivationOp(backend, name, slope).forward(x)
+
+
+def activation_backward(dy: np.ndarray, saved: np.ndarray, name: str, *,
+                        negative_slope: float = 0.01, backend: str = "numba") -> np.ndarray:
+    """Input gradient of `activation`; ``saved`` is its input for relu and leaky_relu,
+    its output for sigmoid and tanh."""
+    backend_module(backend)
+    name, slope = check_activation(name, negative_slope)
+    dy = check_array(dy, "dy", dy.ndim if isinstance(dy, np.ndarray) else 1)
+    saved = check_array(saved, "saved", dy.ndim, dy.dtype)
+    if saved.shape != dy.shape:
+        raise ValueError(f"saved shape {saved.shape} differs from dy shape {dy.shape}")
+    return ops.ActivationOp(backend, name, slope).backward(dy, saved)

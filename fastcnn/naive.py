@@ -6,6 +6,8 @@ results. They iterate over image regions one at a time, as the original code doe
 serve as the slow baseline in the benchmarks.
 """
 
+import math
+
 import numpy as np
 
 from .reference import (
@@ -188,4 +190,34 @@ def dropout_apply(x, keep, scale):
     out = np.zeros(x.shape)
     for p in np.ndindex(x.shape):
         out[p] = float(x[p]) * (scale if keep[p] else 0.0)
+    return out
+
+
+def activation_forward(x, kind, slope):
+    out = np.zeros(x.shape)
+    for p in np.ndindex(x.shape):
+        v = float(x[p])
+        if kind == 0:
+            out[p] = 0.0 if v < 0 else v
+        elif kind == 1:
+            out[p] = v * slope if v < 0 else v
+        elif kind == 2:
+            out[p] = 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+        else:
+            out[p] = math.tanh(v)
+    return out
+
+
+def activation_backward(dy, saved, kind, slope):
+    out = np.zeros(dy.shape)
+    for p in np.ndindex(dy.shape):
+        d, v = float(dy[p]), float(saved[p])
+        if kind == 0:
+            out[p] = d if v > 0 else 0.0
+        elif kind == 1:
+            out[p] = d if v > 0 else d * slope
+        elif kind == 2:
+            out[p] = d * v * (1 - v)
+        else:
+            out[p] = d * (1 - v * v)
     return out

@@ -194,3 +194,28 @@ class DropoutOp:
     def apply(self, x: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """x (or, backward, dy) where keep, scaled; zero elsewhere."""
         return self.impl.dropout_apply(x, keep, self.scale).astype(x.dtype, copy=False)
+
+
+# Activation names and their kernel codes (kernels/activation.py).
+ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+class ActivationOp:
+    """An element-wise activation. Its backward pass takes `saved`: the input for relu
+    and leaky_relu, the output for sigmoid and tanh (`saves_output`)."""
+
+    __slots__ = ("impl", "kind", "slope", "saves_output")
+
+    def __init__(self, backend: str, name: str, negative_slope: float = 0.01) -> None:
+        self.impl = backend_module(backend)
+        self.kind = ACTIVATIONS[name]
+        self.slope = float(negative_slope)
+        self.saves_output = name in ("sigmoid", "tanh")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.impl.activation_forward(x, self.kind, self.slope).astype(x.dtype,
+                                                                             copy=False)
+
+    def backward(self, dy: np.ndarray, saved: np.ndarray) -> np.ndarray:
+        return self.impl.activation_backward(dy, saved, self.kind, self.slope).astype(
+            dy.dtype, copy=False)

@@ -214,3 +214,26 @@ def global_avgpool2d_backward(dy, in_h, in_w):
 
 def dropout_apply(x, keep, scale):
     return x.astype(np.float64) * np.where(keep, scale, 0.0)
+
+
+def activation_forward(x, kind, slope):
+    v = x.astype(np.float64)
+    if kind == 0:
+        return np.where(v < 0, 0.0, v)  # NaN stays NaN
+    if kind == 1:
+        return np.where(v < 0, v * slope, v)
+    if kind == 2:
+        e = np.exp(-np.abs(v))  # never overflows
+        return np.where(v >= 0, 1 / (1 + e), e / (1 + e))
+    return np.tanh(v)
+
+
+def activation_backward(dy, saved, kind, slope):
+    d, v = dy.astype(np.float64), saved.astype(np.float64)
+    if kind == 0:
+        return np.where(v > 0, d, 0.0)
+    if kind == 1:
+        return np.where(v > 0, d, d * slope)
+    if kind == 2:
+        return d * v * (1 - v)
+    return d * (1 - v * v)

@@ -4,6 +4,7 @@ Installed as ``fastcnn.kernels``. They do no validation (Numba does no bounds
 checks): call them through ``fastcnn.functional`` unless the arguments are known good.
 """
 
+from .activation import activation_backward, activation_forward
 from .avgpool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -42,4 +43,6 @@ __all__ = [
     "global_avgpool2d_forward",
     "global_avgpool2d_backward",
     "dropout_apply",
+    "activation_forward",
+    "activation_backward",
 ]

@@ -18,7 +18,9 @@ def run_kernel_and_fuzz_tests(**env: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "--hypothesis-profile=nojit", "tests/test_kernels.py", "tests/test_fuzz.py",
-         *(f"tests/test_pooling_dropout.py::{name}" for name in POOLING_DROPOUT)],
+         *(f"tests/test_pooling_dropout.py::{name}" for name in POOLING_DROPOUT),
+         "tests/test_activations.py::test_activation_kernels_match_oracles",
+         "tests/test_activations.py::test_activations_carry_nan"],
         cwd=ROOT, env={**os.environ, "FASTCNN_FUZZ_SCALE": "0.2", **env},
         capture_output=True, text=True, timeout=1500)
     tail = proc.stdout.strip().splitlines()[-1:] or [""]

@@ -10,9 +10,12 @@ from fastcnn import (
     Dropout,
     Flatten,
     GlobalAvgPool2D,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
     Sequential,
+    Sigmoid,
+    Tanh,
 )
 
 EPS = 1e-6
@@ -67,6 +70,12 @@ def check_layer(layer, input_shape, rng, backend):
     (lambda b: AvgPool2D((3, 2), stride=(1, 2), backend=b), (2, 7, 9)),
     (lambda b: GlobalAvgPool2D(backend=b), (4, 5, 6)),
     (lambda b: Dropout(0.4, backend=b), (3, 6, 5)),
+    (lambda b: LeakyReLU(0.1, backend=b), (2, 4, 5)),
+    (lambda b: Sigmoid(backend=b), (2, 4, 5)),
+    (lambda b: Tanh(backend=b), (2, 4, 5)),
+    (lambda b: Conv2D(3, 3, padding="same", activation="tanh", backend=b), (2, 6, 5)),
+    (lambda b: Dense(6, activation="sigmoid", backend=b), (9,)),
+    (lambda b: Dense(6, activation="leaky_relu", backend=b), (9,)),
     (lambda b: Flatten(backend=b), (2, 3, 4)),
     (lambda b: Dense(7, activation="relu", backend=b), (11,)),
 ])

@@ -6,11 +6,11 @@
 
 from .base import Layer
 from .conv import Conv2D
-from .core import Dense, Dropout, Flatten, ReLU
+from .core import Dense, Dropout, Flatten, LeakyReLU, ReLU, Sigmoid, Tanh
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
 __all__ = ["LAYERS", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPool2D",
-           "Layer", "MaxPool2D", "ReLU"]
+           "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Tanh"]
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, ReLU, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
-                                         Dropout, Flatten, Dense)}
+LAYERS = {cls.__name__: cls for cls in (Conv2D, ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2D,
+                                         AvgPool2D, GlobalAvgPool2D, Dropout, Flatten, Dense)}

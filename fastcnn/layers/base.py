@@ -139,10 +139,20 @@ def _as_built(a: object, shape: tuple[int, ...], dtype: np.dtype) -> bool:
             and a.flags.c_contiguous and a.flags.writeable)
 
 
+ACTIVATION_NAMES = (None, "relu", "leaky_relu", "sigmoid", "tanh")
+
+
 def _activation(name: str | None) -> str | None:
-    if name not in (None, "relu"):
-        raise ValueError(f"activation must be None or 'relu', got {name!r}")
+    if name not in ACTIVATION_NAMES:
+        raise ValueError(f"activation must be one of {ACTIVATION_NAMES}, got {name!r}")
     return name
+
+
+def _unfused_activation(name: str | None, backend: str) -> ops.ActivationOp | None:
+    """The op a Conv2D or Dense runs after its kernel for ``activation=name``: None for
+    no activation and for relu, which the kernels fuse. leaky_relu's slope is 0.01, as
+    PyTorch's default (Keras 3's is 0.2); use a LeakyReLU layer for another."""
+    return None if name in (None, "relu") else ops.ActivationOp(backend, name)
 
 
 def _initializer(name: str) -> str:

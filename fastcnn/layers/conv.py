@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional, ops
 from ..initializers import initialize
-from .base import Layer, _activation, _as_built, _initializer
+from .base import Layer, _activation, _as_built, _initializer, _unfused_activation
 from .pooling import MaxPool2D
 
 
@@ -31,12 +31,16 @@ class Conv2D(Layer):
             padding = functional.pair(padding, "padding", minimum=0)
         self.padding = padding
         self.activation = _activation(activation)
+        # An activation the kernel does not fuse runs after it; backward needs its saved
+        # input or output.
+        self._post = _unfused_activation(self.activation, backend)
+        self._post_saved = None
         self.kernel_initializer = _initializer(kernel_initializer)
         # What backward needs: the input, and the output (unfused) or, after a fused
         # training pass, (pool size, pooled output, indices).
         self._x = self._y = self._pooled = None
 
-    _SAVED = ("_x", "_y", "_pooled")
+    _SAVED = ("_x", "_y", "_pooled", "_post_saved")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -82,6 +86,10 @@ class Conv2D(Layer):
         else:
             y = functional.conv2d(x, weight, bias, self.stride, self.padding, relu=relu,
                                   backend=self.backend)
+        if self._post is not None:
+            pre, y = y, self._post.forward(y)
+            if training:
+                self._post_saved = y if self._post.saves_output else pre
         if training:
             self._x, self._y, self._pooled, self._batch = x, y, None, len(x)
         return y
@@ -94,6 +102,9 @@ class Conv2D(Layer):
         takes the gradient of the pooled output.
         """
         self._check_input(x)
+        if self._post is not None:
+            raise ValueError(f"forward_pooled fuses no activation but relu, this Conv2D has "
+                             f"activation={self.activation!r}")
         relu = self.activation == "relu"
         weight, bias = self.params["weight"], self.params["bias"]
         if self._is_as_built(x):
@@ -113,8 +124,10 @@ class Conv2D(Layer):
 
     def fuses_with(self, layer: Layer, training: bool = False) -> bool:
         """True if this layer and `layer` may run as one `forward_pooled`: a MaxPool2D
-        with non-overlapping windows (of at most 256 elements, for training)."""
+        with non-overlapping windows (of at most 256 elements, for training), after no
+        activation or a ReLU (the ones the kernel fuses)."""
         return (isinstance(layer, MaxPool2D) and layer.stride == layer.pool_size
+                and self.activation in (None, "relu")
                 and layer.backend == self.backend and layer.input_shape == self.output_shape
                 and (not training or layer.pool_size[0] * layer.pool_size[1]
                      <= functional.MAX_POOL_WINDOW))
@@ -125,6 +138,8 @@ class Conv2D(Layer):
                                "training pass: call backward_pooled with the pool's gradient")
         self._need_forward(self._y)
         self._check_dy(dy)
+        if self._post is not None:  # to the gradient of the kernel's output
+            dy = self._post.backward(np.ascontiguousarray(dy), self._post_saved)
         relu_output = self._y if self.activation == "relu" else None
         if self._backward_is_as_built(dy, need_input_grad):
             dx, dw, db = self._op.backward(self._x, self.params["weight"], dy, relu_output,

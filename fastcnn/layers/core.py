@@ -1,4 +1,4 @@
-"""Dense, Flatten and the element-wise layers: ReLU and Dropout."""
+"""Dense, Flatten and the element-wise layers: activations and Dropout."""
 
 from __future__ import annotations
 
@@ -8,27 +8,73 @@ import numpy as np
 
 from .. import functional, ops
 from ..initializers import initialize
-from .base import Layer, _activation, _as_built, _initializer
+from .base import Layer, _activation, _as_built, _initializer, _unfused_activation
 
 
-class ReLU(Layer):
-    def __init__(self, backend: str = "numba") -> None:
+class _Activation(Layer):
+    """An element-wise activation (no parameters), on `kernels/activation.py`."""
+
+    name = ""
+
+    def __init__(self, backend: str = "numba", negative_slope: float = 0.01) -> None:
         super().__init__(backend)
-        self._mask = None
+        _, self._slope = functional.check_activation(self.name, negative_slope)
+        self._op = ops.ActivationOp(backend, self.name, self._slope)
+        self._saved = None  # what backward needs: the input, or the output (sigmoid, tanh)
 
-    _SAVED = ("_mask",)
+    _SAVED = ("_saved",)
 
     def forward(self, x, training=True, rng=None):
         self._check_input(x)
-        y = np.maximum(x, 0)
+        y = functional.activation(x, self.name, negative_slope=self._slope,
+                                  backend=self.backend)
         if training:
-            self._mask, self._batch = x > 0, len(x)
+            self._saved, self._batch = (y if self._op.saves_output else x), len(x)
         return y
 
     def backward(self, dy, need_input_grad=True):
-        self._need_forward(self._mask)
+        self._need_forward(self._saved)
         self._check_dy(dy)
-        return np.where(self._mask, dy, 0).astype(dy.dtype, copy=False)
+        return functional.activation_backward(dy, self._saved, self.name,
+                                              negative_slope=self._slope, backend=self.backend)
+
+
+class ReLU(_Activation):
+    """max(x, 0); a NaN stays NaN."""
+
+    name = "relu"
+
+    def __init__(self, backend: str = "numba") -> None:
+        super().__init__(backend)
+
+
+class LeakyReLU(_Activation):
+    """x for x > 0, negative_slope * x below: PyTorch's LeakyReLU (default 0.01; Keras 3's
+    LeakyReLU defaults to 0.2)."""
+
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01, backend: str = "numba") -> None:
+        super().__init__(backend, negative_slope)
+
+    def get_config(self):
+        return {"negative_slope": self._slope}
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), computed without overflow for any x."""
+
+    name = "sigmoid"
+
+    def __init__(self, backend: str = "numba") -> None:
+        super().__init__(backend)
+
+
+class Tanh(_Activation):
+    name = "tanh"
+
+    def __init__(self, backend: str = "numba") -> None:
+        super().__init__(backend)
 
 
 class Dropout(Layer):
@@ -90,10 +136,14 @@ class Dense(Layer):
         super().__init__(backend)
         self.units = functional.check_int(units, "units", 1)
         self.activation = _activation(activation)
+        # An activation the kernel does not fuse runs after it; backward needs its saved
+        # input or output.
+        self._post = _unfused_activation(self.activation, backend)
+        self._post_saved = None
         self.kernel_initializer = _initializer(kernel_initializer)
         self._x = self._y = None
 
-    _SAVED = ("_x", "_y")
+    _SAVED = ("_x", "_y", "_post_saved")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -130,6 +180,10 @@ class Dense(Layer):
         else:
             y = functional.dense(x, self.params["weight"], self.params["bias"], relu=relu,
                                  backend=self.backend)
+        if self._post is not None:
+            pre, y = y, self._post.forward(y)
+            if training:
+                self._post_saved = y if self._post.saves_output else pre
         if training:
             self._x, self._y, self._batch = x, y, len(x)
         return y
@@ -137,6 +191,8 @@ class Dense(Layer):
     def backward(self, dy, need_input_grad=True):
         self._need_forward(self._x)
         self._check_dy(dy)
+        if self._post is not None:  # to the gradient of the kernel's output
+            dy = self._post.backward(np.ascontiguousarray(dy), self._post_saved)
         relu_output = self._y if self.activation == "relu" else None
         if self._backward_is_as_built(dy, need_input_grad):
             dx, dw, db = self._op.backward(self._x, self.params["weight"], dy, relu_output,
