@@ -236,7 +236,10 @@ class Sequential:
         save_model(self, path)
 
     @classmethod
-    def from_config(cls, config: dict, backend: str = "numba") -> Sequential:
+    def from_config(cls, config: dict, backend: str = "numba",
+                    seed: int | None = None) -> Sequential:
+        """The model `get_config` describes (the architecture JSON of a saved model), its
+        weights drawn from ``seed`` (None: fresh entropy; loading overwrites them)."""
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError("the configuration must be a dict with a list of layers")
         layers = []
@@ -246,7 +249,8 @@ class Sequential:
             if spec["class"] not in LAYERS:
                 raise ValueError(f"unknown layer class {spec['class']!r}")
             layers.append(LAYERS[spec["class"]](**spec["config"], backend=backend))
-        return cls(layers, tuple(config["input_shape"]), seed=None, dtype=np.dtype(config["dtype"]))
+        return cls(layers, tuple(config["input_shape"]), seed=seed,
+                   dtype=np.dtype(config["dtype"]))
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "file") -> None:
         expected = self.state_arrays()
@@ -273,13 +277,26 @@ class Sequential:
         return load_model(path, backend)
 
     def summary(self) -> str:
-        lines, shape = [f"input {self.input_shape}"], self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape
+        """A Keras-style table: each layer, its output shape and parameter count, and the
+        totals (buffers count as non-trainable)."""
+        rows = [("Layer (type)", "Output shape", "Param #")]
+        for i, layer in enumerate(self.layers):
             n = sum(p.size for p in layer.params.values())
-            lines.append(f"{layer!r:<70} -> {shape}  params {n}")
-        lines.append(f"total params {sum(p.size for p in self.parameters())}")
-        return "\n".join(lines)
+            rows.append((f"{i}: {type(layer).__name__}", str((None, *layer.output_shape)),
+                         f"{n:,}"))
+        widths = [max(len(r[k]) for r in rows) + 2 for k in range(3)]
+        rule = "-" * sum(widths)
+
+        def line(r: tuple[str, str, str]) -> str:
+            return (r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2]))
+
+        trainable = sum(p.size for p in self.parameters())
+        buffers = sum(b.size for layer in self.layers for b in layer.buffers.values())
+        return "\n".join([f"Input shape: {(None, *self.input_shape)}, {self.dtype.name}",
+                          rule, line(rows[0]), rule, *map(line, rows[1:]), rule,
+                          f"Total params: {trainable + buffers:,}",
+                          f"Trainable params: {trainable:,}",
+                          f"Non-trainable params: {buffers:,}"])
 
 
 def _check_size(shape: tuple[int, ...], what: str) -> None:

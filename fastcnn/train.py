@@ -1,4 +1,5 @@
-"""python -m fastcnn.train: train SEED-ARCH on Fashion-MNIST and report test metrics.
+"""python -m fastcnn.train: train a CNN (SEED-ARCH unless --model or --model-config
+says otherwise) on Fashion-MNIST and report test metrics.
 
 With --checkpoint-dir DIR the run writes DIR/checkpoint.npz at the end of every epoch
 (and every N batches with --checkpoint-every N); Ctrl-C or SIGTERM writes one more at
@@ -41,11 +42,13 @@ from .compiling import (
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
 from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state
-from .models import seed_arch
+from .models import MODELS, describe_models
 
 # Settings that change the result: a checkpoint only resumes with exactly these.
 RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",
-                   "dataset", "limit", "backend")
+                   "dataset", "limit", "backend", "model", "model_config")
+# What checkpoints written before a setting existed ran with.
+OLD_CHECKPOINT_DEFAULTS = {"model": "seed_arch", "model_config": None}
 # Options that do not: taken from the checkpoint unless given again.
 RUN_OPTIONS = ("data_dir", "threads", "out", "metrics_json", "plots", "quiet",
                "checkpoint_every")
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run checkpointed in DIR (its settings unless given)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--model", choices=sorted(MODELS), default="seed_arch",
+                   help="a network of the model zoo (seed_arch); see --list-models")
+    p.add_argument("--model-config", metavar="FILE.json", default=None,
+                   help="the architecture as JSON, as Sequential.get_config() gives it and "
+                        "model.npz stores it (instead of --model)")
+    p.add_argument("--list-models", action="store_true",
+                   help="print the model zoo and exit")
     return p
 
 
@@ -127,7 +137,30 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> optim.Opti
 
 
 def settings(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("quiet",)}
+    return {k: v for k, v in vars(args).items() if k not in ("quiet", "list_models")}
+
+
+def build_model(args: argparse.Namespace, input_shape: tuple[int, ...] = (1, 28, 28),
+                classes: int = 10) -> tuple[Sequential, str]:
+    """The model --model or --model-config names, its weights drawn from --seed, and
+    what to call it; exit 2 if it cannot be built or does not fit the data."""
+    if args.model_config is None:
+        model = MODELS[args.model](args.seed, backend=args.backend, input_shape=input_shape,
+                                   classes=classes)
+        return model, "SEED-ARCH" if args.model == "seed_arch" else args.model
+    path = args.model_config
+    try:
+        config = json.loads(Path(path).read_text())
+        model = Sequential.from_config(config, args.backend, seed=args.seed)
+    except OSError as exc:
+        raise CLIError(f"--model-config {path}: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CLIError(f"--model-config {path}: not a model configuration ({exc})") from None
+    if model.input_shape != tuple(input_shape) or model.output_shape != (classes,):
+        raise CLIError(f"--model-config {path}: the model maps {model.input_shape} to "
+                       f"{model.output_shape}; the data need {tuple(input_shape)} to "
+                       f"({classes},)")
+    return model, Path(path).name
 
 
 def checkpoint_settings(args: argparse.Namespace) -> dict:
@@ -216,7 +249,7 @@ def _load_for_resume(args: argparse.Namespace, given: set[str]) -> ckpt.Checkpoi
         saved = ckpt.load_checkpoint(path, backend="numba")
     except ValueError as exc:
         raise CLIError(f"cannot resume: {exc}") from None
-    recorded = saved.settings
+    recorded = {**OLD_CHECKPOINT_DEFAULTS, **saved.settings}
     missing = [k for k in RESULT_SETTINGS + RUN_OPTIONS if k not in recorded]
     if missing:
         raise CLIError(f"{path}: checkpoint lacks the settings {missing}")
@@ -236,8 +269,9 @@ def _load_for_resume(args: argparse.Namespace, given: set[str]) -> ckpt.Checkpoi
         raise CLIError(f"{path} was written with other settings ({'; '.join(diffs)}); "
                        "resume with the checkpoint's settings (omit those options), or start "
                        "a new run with another --checkpoint-dir")
-    if saved.model.get_config() != seed_arch(None, backend=args.backend).get_config():
-        raise CLIError(f"{path}: the checkpoint's architecture is not SEED-ARCH")
+    expected, name = build_model(args)
+    if saved.model.get_config() != expected.get_config():
+        raise CLIError(f"{path}: the checkpoint's architecture is not {name}")
     return saved
 
 
@@ -247,11 +281,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_models:
+        print(describe_models())
+        return 0
     given = given_options(argv)
+    if "model" in given and "model_config" in given:
+        raise CLIError("give --model or --model-config, not both")
+    if "model_config" in given:
+        args.model = None
     check_args(args)
     stop_at, batch_delay = _test_hooks()
     resumed = _load_for_resume(args, given) if args.resume else None
     threads = threads_option(args.threads)
+    model, model_name = build_model(args)
     if args.plots:
         try:  # fail now, not after a long training run
             plots.check_ready(args.plots)
@@ -282,9 +324,7 @@ def _main(argv: list[str] | None) -> int:
                         "train_sha256": data_fingerprint(x_train, y_train)}
         ckpt.remove_stale_temporaries(ckpt_file.parent)
     initial_state = None
-    if resumed is None:
-        model = seed_arch(args.seed, backend=args.backend)
-    else:
+    if resumed is not None:
         model = resumed.model
         if args.backend != "numba":  # the checkpoint was loaded before the settings were known
             model = Sequential.from_config(model.get_config(), args.backend)
@@ -310,7 +350,8 @@ def _main(argv: list[str] | None) -> int:
     if beside is not None:
         compile_log.kernels.extend(beside.kernels)
     say = print
-    say(f"fastcnn: SEED-ARCH on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
+    say(model.summary())
+    say(f"fastcnn: {model_name} on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
         f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads, "
         f"kernels ready in {compile_seconds:.2f} s")
     if initial_state is not None:

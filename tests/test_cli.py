@@ -42,6 +42,9 @@ def test_smoke_on_sample(tmp_path):
     (["--optimizer", "rmsprop"], "invalid choice"),
     (["--epochs", "two"], "invalid int value"),
     (["--no-such-flag"], "unrecognized arguments"),
+    (["--model", "resnet50"], "invalid choice"),
+    (["--model", "lenet5", "--model-config", "x.json"], "give --model or --model-config"),
+    (["--model-config", "/nonexistent/m.json"], "No such file"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message, capsys):
     assert train.main(["--dataset", "sample", *args]) == 2
@@ -108,3 +111,41 @@ def test_one_epoch_on_full_data_reaches_087(tmp_path):
     m = json.loads(out.read_text())
     assert m["test_accuracy"] >= 0.87
     assert m["macro_f1"] >= 0.87
+
+
+def test_model_zoo_on_the_command_line(tmp_path, capsys):
+    assert train.main(["--list-models"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("seed_arch", "lenet5", "keras_mnist"))
+    out = tmp_path / "lenet"
+    assert train.main(["--model", "lenet5", "--dataset", "sample", "--epochs", "1", "--limit",
+                       "256", "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Layer (type)" in printed and "Total params: 61,706" in printed
+    assert "fastcnn: lenet5 on sample" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["model"] == "lenet5"
+    # evaluate loads whatever architecture the file holds.
+    assert evaluate.main([str(out / "model.npz"), "--dataset", "sample"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    # The same architecture as JSON, as model.npz stores it, trains the same bits.
+    loaded = fastcnn.load_model(out / "model.npz")
+    (tmp_path / "lenet.json").write_text(json.dumps(loaded.get_config()))
+    again = tmp_path / "again"
+    assert train.main(["--model-config", str(tmp_path / "lenet.json"), "--dataset", "sample",
+                       "--epochs", "1", "--limit", "256", "--threads", "1", "--quiet",
+                       "--out", str(again)]) == 0
+    assert "fastcnn: lenet.json on sample" in capsys.readouterr().out
+    for a, b in zip(loaded.parameters(), fastcnn.load_model(again / "model.npz").parameters(),
+                    strict=True):
+        assert (a == b).all()
+
+
+def test_model_config_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
+    wrong = fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(10)], input_shape=(3, 8, 8))
+    (tmp_path / "m.json").write_text(json.dumps(wrong.get_config()))
+    (tmp_path / "bad.json").write_text('{"layers": 3}')
+    assert train.main(["--model-config", str(tmp_path / "m.json"), "--dataset", "sample"]) == 2
+    assert "the data need (1, 28, 28) to (10,)" in capsys.readouterr().err
+    assert train.main(["--model-config", str(tmp_path / "bad.json"), "--dataset", "sample"]) == 2
+    assert "not a model configuration" in capsys.readouterr().err

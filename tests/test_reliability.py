@@ -218,6 +218,20 @@ def test_resume_refuses_other_architecture_and_data(stopped_run, tmp_path, capsy
     assert "training data differ from the checkpoint's" in capsys.readouterr().err
 
 
+def test_resume_reads_checkpoints_from_before_the_model_setting(stopped_run, tmp_path):
+    """Checkpoints written before --model existed record no model: they ran SEED-ARCH."""
+    with np.load(ckpt.checkpoint_path(stopped_run), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    settings = json.loads(str(arrays["__settings__"]))
+    assert settings["model"] == "seed_arch" and settings["model_config"] is None
+    old = {k: v for k, v in settings.items() if k not in ("model", "model_config")}
+    (tmp_path / "old").mkdir()
+    np.savez(ckpt.checkpoint_path(tmp_path / "old"),
+             **{**arrays, "__settings__": np.array(json.dumps(old))})
+    assert train.main(["--resume", str(tmp_path / "old"), "--model", "lenet5"]) == 2
+    assert train.main(["--resume", str(tmp_path / "old")]) == 0
+
+
 def test_interrupt_without_checkpoint_dir_says_nothing_was_saved(monkeypatch, capsys):
     monkeypatch.setenv("FASTCNN_TEST_STOP_AT", "1:2:TERM")
     assert train.main([*BASE, "--threads", "1", "--limit", "128"]) == 143
