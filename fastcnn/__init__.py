@@ -19,7 +19,7 @@ from .layers import (
 from .losses import SoftmaxCrossEntropy, softmax
 from .model import History, Sequential, TrainingDiverged
 from .models import seed_arch
-from .optim import SGD, Adam, Constant, CosineDecay, StepDecay
+from .optim import SGD, Adam, AdamW, Constant, CosineDecay, StepDecay
 from .threads import set_threads
 
 __version__ = "0.1.0"
@@ -27,9 +27,9 @@ __version__ = "0.1.0"
 load_model = Sequential.load
 
 __all__ = [
-    "CLASS_NAMES", "Adam", "AvgPool2D", "Constant", "Conv2D", "CosineDecay", "Dense", "Dropout",
-    "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "SGD",
-    "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh", "TrainingDiverged",
-    "functional", "load_dataset", "load_fashion_mnist", "load_model", "seed_arch",
-    "set_threads", "softmax",
+    "CLASS_NAMES", "Adam", "AdamW", "AvgPool2D", "Constant", "Conv2D", "CosineDecay", "Dense",
+    "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D",
+    "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh",
+    "TrainingDiverged", "functional", "load_dataset", "load_fashion_mnist", "load_model",
+    "seed_arch", "set_threads", "softmax",
 ]

@@ -1,7 +1,10 @@
-"""Optimisers (SGD with momentum, Adam) and learning-rate schedules.
+"""Optimisers (SGD with momentum, Adam, AdamW) and learning-rate schedules.
 
 An optimiser updates parameters in place. Its learning rate is a float or a
-schedule: a callable from the step count (0, 1, ...) to a learning rate.
+schedule: a callable from the step count (0, 1, ...) to a learning rate. Every
+optimiser takes ``clip_norm``: gradients are scaled down so that their global L2 norm
+(over all parameters) is at most that, as torch.nn.utils.clip_grad_norm_ does (and
+Keras' ``global_clipnorm``).
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ Schedule = Callable[[int], float]
 
 
 class Optimizer:
-    def __init__(self, lr: float | Schedule) -> None:
+    def __init__(self, lr: float | Schedule, clip_norm: float | None = None) -> None:
         self.schedule: Schedule = lr if callable(lr) else Constant(lr)
+        self.clip_norm = None if clip_norm is None else _positive(clip_norm, "clip_norm")
         self.iterations = 0
 
     @property
@@ -119,6 +123,8 @@ class Optimizer:
         if not real or isinstance(lr, (bool, np.bool_)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"the learning rate at step {self.iterations} is {describe(lr)}; "
                              "it must be a finite number >= 0")
+        if self.clip_norm is not None:
+            grads = clipped(grads, self.clip_norm)
         # One kernel call per dtype: the kernels take a tuple of same-dtype arrays.
         for dtype in dict.fromkeys(p.dtype for p in params):
             index = [i for i, p in enumerate(params) if p.dtype == dtype]
@@ -196,12 +202,25 @@ class Optimizer:
         return slots
 
 
+def clipped(grads: Sequence[np.ndarray], max_norm: float) -> Sequence[np.ndarray]:
+    """grads scaled by max_norm / (norm + 1e-6) where their global L2 norm exceeds
+    max_norm, as PyTorch's clip_grad_norm_; the norm is summed in float64 in parameter
+    order, so the same gradients always give the same bits."""
+    norm = math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64),
+                                      g.reshape(-1).astype(np.float64))) for g in grads))
+    if not norm > max_norm:  # also a NaN norm: the step then fails as it would unclipped
+        return grads
+    scale = max_norm / (norm + 1e-6)
+    return [(g * scale).astype(g.dtype, copy=False) for g in grads]
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and weight decay."""
 
     def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        super().__init__(lr)
+                 nesterov: bool = False, weight_decay: float = 0.0,
+                 clip_norm: float | None = None) -> None:
+        super().__init__(lr, clip_norm)
         self.momentum = _number(momentum, "momentum", 0.0, 1.0, high_open=True)
         self.nesterov = check_bool(nesterov, "nesterov")
         self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
@@ -228,8 +247,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction."""
 
     def __init__(self, lr: float | Schedule = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8) -> None:
-        super().__init__(lr)
+                 eps: float = 1e-8, clip_norm: float | None = None) -> None:
+        super().__init__(lr, clip_norm)
         self.beta1 = _number(beta1, "beta1", 0.0, 1.0, high_open=True)
         self.beta2 = _number(beta2, "beta2", 0.0, 1.0, high_open=True)
         self.eps = _positive(eps, "eps")
@@ -244,7 +263,9 @@ class Adam(Optimizer):
         n = self.iterations + 1
         step = lr * math.sqrt(1 - self.beta2**n) / (1 - self.beta1**n)
         optim_kernels.adam_update(flat, grads, m, v, t(step), t(self.beta1), t(self.beta2),
-                                  t(self.eps))
+                                  t(self.eps), t(1.0 - lr * self._weight_decay))
+
+    _weight_decay = 0.0  # AdamW's
 
     def state(self):
         return {**{f"m.{i}": a for i, a in self.m.items()},
@@ -253,3 +274,19 @@ class Adam(Optimizer):
     def load_state(self, state, iterations, params=None):
         super().load_state(state, iterations, params)
         self.m, self.v = self._load_slots(state, ("m", "v"), params, lambda p: p.shape)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as PyTorch's AdamW: each
+    step first multiplies every parameter by 1 - lr * weight_decay, then takes the Adam
+    step (Keras' AdamW does the same, with weight_decay 0.004 by default)."""
+
+    def __init__(self, lr: float | Schedule = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.01,
+                 clip_norm: float | None = None) -> None:
+        super().__init__(lr, beta1, beta2, eps, clip_norm)
+        self._weight_decay = _number(weight_decay, "weight_decay", 0.0)
+
+    @property
+    def weight_decay(self) -> float:
+        return self._weight_decay

@@ -55,9 +55,11 @@ def sgd_update(params, grads, velocities, lr, momentum, weight_decay, nesterov):
 
 
 @jit(parallel=True, fastmath={"contract"})
-def adam_update(params, grads, ms, vs, step, beta1, beta2, eps):
-    """Adam step; `step` is lr with the bias corrections folded in. Tuples of (P_i,)
-    arrays: parameters, gradients, first and second moments."""
+def adam_update(params, grads, ms, vs, step, beta1, beta2, eps, decay):
+    """Adam step; `step` is lr with the bias corrections folded in; each parameter is
+    first multiplied by `decay` (1 - lr * weight_decay: AdamW's decoupled weight decay;
+    exactly 1 for Adam, which leaves every bit as it was). Tuples of (P_i,) arrays:
+    parameters, gradients, first and second moments."""
     one = np.ones(1, dtype=params[0].dtype)[0]
     owner, start = _chunks(params)
     for k in prange(owner.shape[0]):
@@ -70,4 +72,4 @@ def adam_update(params, grads, ms, vs, step, beta1, beta2, eps):
             vj = beta2 * v[j] + (one - beta2) * g * g
             m[j] = mj
             v[j] = vj
-            param[j] -= step * mj / (np.sqrt(vj) + eps)
+            param[j] = param[j] * decay - step * mj / (np.sqrt(vj) + eps)

@@ -116,3 +116,83 @@ def test_step_updates_ndarray_subclasses_in_place(make):
     make(0.1).step(masked, grads)
     for p, m in zip(plain, masked, strict=True):
         np.testing.assert_array_equal(np.asarray(m), p)
+
+
+def reference_adamw(p, grads, lr, wd, beta1=0.9, beta2=0.999, eps=1e-8):
+    """AdamW: decay by 1 - lr * wd, then the bias-corrected Adam step, with eps added
+    to sqrt(v) as fastcnn's Adam does (Kingma & Ba's efficient form; PyTorch adds it to
+    the corrected sqrt(v_hat), which differs by about eps / sqrt(v))."""
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        p = p * (1 - lr * wd)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        p = p - lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * m / (np.sqrt(v) + eps)
+    return p
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-7), (np.float32, 1e-4)])
+@pytest.mark.parametrize("wd", [0.0, 0.01, 0.3])
+def test_adamw_matches_reference(dtype, rtol, wd):
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal((6, 4))
+    grads = [rng.standard_normal((6, 4)) for _ in range(5)]
+    p = p0.astype(dtype)
+    opt = fc.AdamW(0.05, weight_decay=wd)
+    for g in grads:
+        opt.step([p], [g.astype(dtype)])
+    np.testing.assert_allclose(p, reference_adamw(p0, grads, 0.05, wd), rtol=rtol,
+                               atol=rtol * 0.1)
+
+
+def test_adamw_without_decay_is_adam_bit_for_bit():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(1000).astype(np.float32)
+    b = a.copy()
+    for _ in range(3):
+        g = rng.standard_normal(1000).astype(np.float32)
+        fc.Adam(0.01).step([a], [g])
+        fc.AdamW(0.01, weight_decay=0.0).step([b], [g])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_clip_norm_scales_the_global_norm_like_pytorch():
+    rng = np.random.default_rng(6)
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    grads = [10 * rng.standard_normal((3, 4)), 10 * rng.standard_normal(5)]
+    norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    assert norm > 1.0
+    clipped_p = [p.copy() for p in params]
+    fc.SGD(0.1, clip_norm=1.0).step(clipped_p, grads)
+    scale = 1.0 / (norm + 1e-6)  # one factor for every parameter
+    for p, q, g in zip(params, clipped_p, grads, strict=True):
+        np.testing.assert_allclose(q, p - 0.1 * g * scale, rtol=1e-12)
+    # Under the limit nothing changes, bit for bit.
+    small = [g / (2 * norm) for g in grads]
+    a, b = [p.copy() for p in params], [p.copy() for p in params]
+    fc.SGD(0.1).step(a, small)
+    fc.SGD(0.1, clip_norm=1.0).step(b, small)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="clip_norm"):
+        fc.Adam(0.1, clip_norm=0.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        fc.AdamW(0.1, weight_decay=-1.0)
+
+
+def test_adamw_and_clipping_match_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(50)
+    grads = [5 * rng.standard_normal(50) for _ in range(4)]
+    t = torch.tensor(p0.copy(), requires_grad=True)
+    opt_t = torch.optim.AdamW([t], lr=0.01, weight_decay=0.1)
+    p = p0.copy()
+    opt = fc.AdamW(0.01, weight_decay=0.1, clip_norm=2.0)
+    for g in grads:
+        t.grad = torch.tensor(g)
+        torch.nn.utils.clip_grad_norm_([t], 2.0)
+        opt_t.step()
+        opt.step([p], [g])
+    # Within eps's placement (see reference_adamw): relative 1e-5 at these gradients.
+    np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-5, atol=1e-7)

@@ -109,36 +109,3 @@ class GlobalAvgPool2D(Layer):
         self._need_forward(self._shape)
         self._check_dy(dy)
         return functional.global_avg_pool2d_backward(dy, self._shape, backend=self.backend)
-
-
-class Dropout(Layer):
-    """Inverted dropout: in training each element is zeroed with probability ``rate``
-    (masks drawn from the model's generator, so a resumed run draws the same ones) and
-    the rest scaled by 1 / (1 - rate); the identity in evaluation. As PyTorch's Dropout
-    and Keras' Dropout, whose ``rate``/``p`` mean the same."""
-
-    def __init__(self, rate: float, backend: str = "numba") -> None:
-        super().__init__(backend)
-        self.rate = functional.check_rate(rate)
-        self._keep = None
-
-    _SAVED = ("_keep",)
-
-    def forward(self, x, training=True, rng=None):
-        self._check_input(x)
-        if not training:
-            return x
-        if rng is None:
-            raise ValueError("Dropout needs a numpy Generator in training: "
-                             "forward(x, training=True, rng=...)")
-        y, self._keep = functional.dropout(x, self.rate, rng, backend=self.backend)
-        self._batch = len(x)
-        return y
-
-    def backward(self, dy, need_input_grad=True):
-        self._need_forward(self._keep)
-        self._check_dy(dy)
-        return functional.dropout_backward(dy, self._keep, self.rate, backend=self.backend)
-
-    def get_config(self):
-        return {"rate": self.rate}
