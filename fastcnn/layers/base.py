@@ -95,16 +95,17 @@ class Layer:
         if x.dtype != self.dtype:
             raise TypeError(f"{type(self).__name__} expects {self.dtype} input, got {x.dtype}")
 
-    def _check_dy(self, dy: np.ndarray) -> None:
-        """dy must match the output of the last training forward pass exactly."""
-        expected = (self._batch, *self.output_shape)
+    def _check_dy(self, dy: np.ndarray, output_shape: tuple[int, ...] | None = None,
+                  who: str | None = None) -> None:
+        """dy must match the output of the last training forward pass exactly (of
+        output_shape per sample, for a fused pass; `who` names the layer in errors)."""
+        expected = (self._batch, *(self.output_shape if output_shape is None else output_shape))
+        who = who or type(self).__name__
         if not isinstance(dy, np.ndarray) or dy.shape != expected:
             shape = getattr(dy, "shape", type(dy).__name__)
-            raise ValueError(f"{type(self).__name__}.backward expects dy of shape {expected}, "
-                             f"got {shape}")
+            raise ValueError(f"{who}.backward expects dy of shape {expected}, got {shape}")
         if dy.dtype != self.dtype:
-            raise TypeError(f"{type(self).__name__}.backward expects {self.dtype} dy, "
-                            f"got {dy.dtype}")
+            raise TypeError(f"{who}.backward expects {self.dtype} dy, got {dy.dtype}")
 
     def _is_as_built(self, x: np.ndarray) -> bool:
         """Whether x and the parameters are exactly as built, so that the layer's prepared

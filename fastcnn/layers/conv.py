@@ -156,12 +156,7 @@ class Conv2D(Layer):
         dy is the gradient of the pooled output."""
         self._need_forward(self._pooled)
         pool_size, y, indices = self._pooled
-        expected = (self._batch, *y.shape[1:])
-        if not isinstance(dy, np.ndarray) or dy.shape != expected:
-            shape = getattr(dy, "shape", type(dy).__name__)
-            raise ValueError(f"MaxPool2D.backward expects dy of shape {expected}, got {shape}")
-        if dy.dtype != self.dtype:
-            raise TypeError(f"MaxPool2D.backward expects {self.dtype} dy, got {dy.dtype}")
+        self._check_dy(dy, y.shape[1:], "MaxPool2D")
         relu_output = y if self.activation == "relu" else None
         if self._backward_is_as_built(dy, need_input_grad):
             # indices come from this layer's own forward kernel: each lies in its window.
