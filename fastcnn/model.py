@@ -18,7 +18,14 @@ from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Optimizer
 from .plan import Step, build_plan
 from .preprocessing import standardize
-from .training import FitState, History, TrainingDiverged, check_fit_state, fit
+from .training import (
+    FitState,
+    History,
+    TrainingDiverged,
+    check_fit_state,
+    fit,
+    layer_generator,
+)
 from .validation import check_int, describe
 
 __all__ = ["FitState", "History", "Sequential", "TrainingDiverged", "check_fit_state"]
@@ -72,7 +79,7 @@ class Sequential:
         self.loss = SoftmaxCrossEntropy("numpy" if numpy_only else "numba")
         # What layers draw from in training when forward is given no generator (fit
         # gives its own, whose state it checkpoints).
-        self._rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        self._rng = layer_generator(seed)
         # The execution plans, worked out once: which layers run fused, as what step.
         self._plans = {training: build_plan(self.layers, training) for training in (False, True)}
         self._trained_plan: tuple[Step, ...] = self._plans[True]  # of the last training pass

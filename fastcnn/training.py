@@ -64,6 +64,12 @@ class FitState:
     layer_rng_state: dict | None = None
 
 
+def layer_generator(seed: int | None) -> np.random.Generator:
+    """The generator layers draw from in training (dropout masks), for a seed: a child of
+    the same seed, so drawing from it never shifts the data order or the weights."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+
+
 def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         batch_size: int = 64, optimizer: Optimizer | None = None,
         validation_data: tuple | None = None, seed: int | None = 0, verbose: bool = True,
@@ -97,8 +103,7 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     steps = math.ceil(n / batch_size)
     if initial_state is None:
         rng = np.random.default_rng(seed)
-        # A child of the same seed: drawing from it never shifts the data order.
-        layer_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        layer_rng = layer_generator(seed)
         state = FitState(0, 0, steps, rng.bit_generator.state, 0.0, 0.0, History())
     else:
         state = check_fit_state(initial_state, epochs, steps, optimizer,
