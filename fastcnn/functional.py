@@ -389,7 +389,7 @@ def dropout(x: np.ndarray, rate: float, rng: np.random.Generator, *,
     rate = check_rate(rate)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator, got {describe(rng)}")
-    x = np.ascontiguousarray(check_array(x, "x", x.ndim if isinstance(x, np.ndarray) else 1))
+    x = check_array(x, "x", x.ndim if isinstance(x, np.ndarray) else 1)
     keep = rng.random(x.shape, dtype=np.float32) >= np.float32(rate)
     return ops.DropoutOp(backend, rate).apply(x, keep), keep
 
