@@ -4,6 +4,8 @@ from . import functional
 from .data import CLASS_NAMES, load_dataset, load_fashion_mnist
 from .layers import (
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv2D,
     Dense,
     Dropout,
@@ -27,7 +29,8 @@ __version__ = "0.1.0"
 load_model = Sequential.load
 
 __all__ = [
-    "CLASS_NAMES", "Adam", "AdamW", "AvgPool2D", "Constant", "Conv2D", "CosineDecay", "Dense",
+    "CLASS_NAMES", "Adam", "AdamW", "AvgPool2D", "BatchNorm1D", "BatchNorm2D",
+    "Constant", "Conv2D", "CosineDecay", "Dense",
     "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D",
     "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh",
     "TrainingDiverged", "functional", "load_dataset", "load_fashion_mnist", "load_model",

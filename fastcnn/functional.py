@@ -28,6 +28,7 @@ from .validation import (  # noqa: F401
     check_bool,
     check_budget,
     check_int,
+    check_real,
     describe,
     pair,
 )
@@ -444,3 +445,77 @@ def activation_backward(dy: np.ndarray, saved: np.ndarray, name: str, *,
     if saved.shape != dy.shape:
         raise ValueError(f"saved shape {saved.shape} differs from dy shape {dy.shape}")
     return ops.ActivationOp(backend, name, slope).backward(dy, saved)
+
+
+def _check_channels(x: object, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """x of batch normalisation: (N, C) or (N, C, H, W)."""
+    ndim = x.ndim if isinstance(x, np.ndarray) and x.ndim in (2, 4) else 4
+    return check_array(x, name, ndim, dtype)
+
+
+def check_per_channel(a: object, name: str, channels: int, dtype: np.dtype | None) -> np.ndarray:
+    a = check_array(a, name, 1, dtype)
+    if a.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) for {channels} channels, "
+                         f"got {a.shape}")
+    return a
+
+
+def check_eps(eps: object) -> float:
+    """Batch normalisation's eps: a number in (0, 1]."""
+    return check_real(eps, "eps", 0.0, 1.0, low_open=True)
+
+
+def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5,
+               relu: bool = False, backend: str = "numba"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation with the batch's statistics (training): per channel of x
+    (N, C) or (N, C, H, W), over the batch (and the plane). gamma, beta: (C,).
+    Returns (y, mean, var, invstd): var is the biased variance and invstd
+    1 / sqrt(var + eps), all (C,) float64; `batch_norm_backward` takes them."""
+    backend_module(backend)
+    eps, relu = check_eps(eps), check_bool(relu, "relu")
+    x = _check_channels(x, "x")
+    gamma = check_per_channel(gamma, "gamma", x.shape[1], x.dtype)
+    beta = check_per_channel(beta, "beta", x.shape[1], x.dtype)
+    return ops.BatchNormOp(backend, eps).forward(x, gamma, beta, relu)
+
+
+def batch_norm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                         running_mean: np.ndarray, running_var: np.ndarray, *,
+                         eps: float = 1e-5, relu: bool = False,
+                         backend: str = "numba") -> np.ndarray:
+    """Batch normalisation with given statistics (evaluation)."""
+    backend_module(backend)
+    eps, relu = check_eps(eps), check_bool(relu, "relu")
+    x = _check_channels(x, "x")
+    stats = [check_per_channel(a, name, x.shape[1], None) for a, name in (
+        (gamma, "gamma"), (beta, "beta"), (running_mean, "running_mean"),
+        (running_var, "running_var"))]
+    if np.any(stats[3] < 0):
+        raise ValueError("running_var must not be negative")
+    scale, shift = ops.batchnorm_scale_shift(*stats, eps)
+    return ops.BatchNormOp(backend, eps).inference(x, scale, shift, relu)
+
+
+def batch_norm_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, mean: np.ndarray,
+                        invstd: np.ndarray, gamma: np.ndarray, *, relu: bool = False,
+                        need_input_grad: bool = True, backend: str = "numba"
+                        ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of `batch_norm`: (dx or None, dgamma, dbeta). y is its output (read
+    only with relu), mean and invstd the statistics it returned."""
+    backend_module(backend)
+    relu = check_bool(relu, "relu")
+    need_input_grad = check_bool(need_input_grad, "need_input_grad")
+    x = _check_channels(x, "x")
+    dy = check_array(dy, "dy", x.ndim, x.dtype)
+    y = check_array(y, "y", x.ndim, x.dtype)
+    for a, name in ((dy, "dy"), (y, "y")):
+        if a.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape {x.shape}, got {a.shape}")
+    C = x.shape[1]
+    gamma = check_per_channel(gamma, "gamma", C, x.dtype)
+    mean = check_per_channel(mean, "mean", C, None).astype(np.float64, copy=False)
+    invstd = check_per_channel(invstd, "invstd", C, None).astype(np.float64, copy=False)
+    return ops.BatchNormOp(backend, 1.0).backward(dy, x, y, mean, invstd, gamma, relu,
+                                                  need_input_grad)

@@ -288,7 +288,7 @@ class Sequential:
         totals (buffers count as non-trainable)."""
         rows = [("Layer (type)", "Output shape", "Param #")]
         for i, layer in enumerate(self.layers):
-            n = sum(p.size for p in layer.params.values())
+            n = sum(a.size for a in (*layer.params.values(), *layer.buffers.values()))
             rows.append((f"{i}: {type(layer).__name__}", str((None, *layer.output_shape)),
                          f"{n:,}"))
         widths = [max(len(r[k]) for r in rows) + 2 for k in range(3)]

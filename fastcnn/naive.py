@@ -221,3 +221,53 @@ def activation_backward(dy, saved, kind, slope):
         else:
             out[p] = d * (1 - v * v)
     return out
+
+
+def batchnorm_forward(x, gamma, beta, eps, relu):
+    N, C, L = x.shape
+    y = np.zeros(x.shape)
+    mean, var, invstd = np.zeros(C), np.zeros(C), np.zeros(C)
+    for c in range(C):
+        values = [float(x[n, c, p]) for n in range(N) for p in range(L)]
+        mean[c] = sum(values) / len(values)
+        var[c] = sum((v - mean[c]) ** 2 for v in values) / len(values)
+        invstd[c] = 1 / math.sqrt(var[c] + eps)
+        for n in range(N):
+            for p in range(L):
+                t = gamma[c] * (float(x[n, c, p]) - mean[c]) * invstd[c] + beta[c]
+                y[n, c, p] = max(t, 0.0) if relu else t
+    return y, mean, var, invstd
+
+
+def batchnorm_inference(x, scale, shift, relu):
+    y = np.zeros(x.shape)
+    for n, c, p in np.ndindex(x.shape):
+        t = float(x[n, c, p]) * scale[c] + shift[c]
+        y[n, c, p] = max(t, 0.0) if relu else t
+    return y
+
+
+def batchnorm_backward(dy, x, y, mean, invstd, gamma, relu, need_input_grad):
+    # The textbook chain rule: through x-hat, then the variance, then the mean.
+    N, C, L = x.shape
+    count = N * L
+    dx = np.zeros(x.shape) if need_input_grad else None
+    dgamma, dbeta = np.zeros(C), np.zeros(C)
+    for c in range(C):
+        g = np.zeros((N, L))
+        xc = np.zeros((N, L))
+        for n in range(N):
+            for p in range(L):
+                g[n, p] = float(dy[n, c, p]) if not relu or y[n, c, p] > 0 else 0.0
+                xc[n, p] = float(x[n, c, p]) - mean[c]
+        dbeta[c] = g.sum()
+        dgamma[c] = (g * xc * invstd[c]).sum()
+        if need_input_grad:
+            dxhat = g * gamma[c]
+            dvar = (dxhat * xc).sum() * -0.5 * invstd[c] ** 3
+            dmean = -(dxhat * invstd[c]).sum() - 2 * dvar * xc.sum() / count
+            for n in range(N):
+                for p in range(L):
+                    dx[n, c, p] = (dxhat[n, p] * invstd[c] + dvar * 2 * xc[n, p] / count
+                                   + dmean / count)
+    return dx, dgamma, dbeta

@@ -219,3 +219,47 @@ class ActivationOp:
     def backward(self, dy: np.ndarray, saved: np.ndarray) -> np.ndarray:
         return self.impl.activation_backward(dy, saved, self.kind, self.slope).astype(
             dy.dtype, copy=False)
+
+
+def batchnorm_scale_shift(gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                          running_var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation's per-channel affine map, in float64: y = x * scale + shift."""
+    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
+    return scale, beta.astype(np.float64) - running_mean.astype(np.float64) * scale
+
+
+class BatchNormOp:
+    """Batch normalisation of (N, C) or (N, C, H, W) inputs (the kernels see (N, C, L)),
+    optionally followed by a ReLU. Statistics are float64 (C,) arrays."""
+
+    __slots__ = ("impl", "eps")
+
+    def __init__(self, backend: str, eps: float) -> None:
+        self.impl = backend_module(backend)
+        self.eps = float(eps)
+
+    @staticmethod
+    def _rows(a: np.ndarray) -> np.ndarray:
+        return a.reshape(a.shape[0], a.shape[1], -1)
+
+    def forward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, relu: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training: (y, mean, biased var, invstd) of the batch."""
+        y, mean, var, invstd = self.impl.batchnorm_forward(self._rows(x), gamma, beta,
+                                                           self.eps, relu)
+        return y.astype(x.dtype, copy=False).reshape(x.shape), mean, var, invstd
+
+    def inference(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                  relu: bool) -> np.ndarray:
+        y = self.impl.batchnorm_inference(self._rows(x), scale, shift, relu)
+        return y.astype(x.dtype, copy=False).reshape(x.shape)
+
+    def backward(self, dy: np.ndarray, x: np.ndarray, y: np.ndarray, mean: np.ndarray,
+                 invstd: np.ndarray, gamma: np.ndarray, relu: bool,
+                 need_input_grad: bool) -> Grads:
+        """(dx or None, dgamma, dbeta); y is the forward output (read only if relu)."""
+        dx, dgamma, dbeta = self.impl.batchnorm_backward(
+            self._rows(dy), self._rows(x), self._rows(y), mean, invstd, gamma, relu,
+            need_input_grad)
+        dx = dx.reshape(x.shape) if need_input_grad else None
+        return grads_in(x.dtype, dx, dgamma, dbeta)

@@ -237,3 +237,32 @@ def activation_backward(dy, saved, kind, slope):
     if kind == 2:
         return d * v * (1 - v)
     return d * (1 - v * v)
+
+
+def batchnorm_forward(x, gamma, beta, eps, relu):
+    v = x.astype(np.float64)
+    mean = v.mean(axis=(0, 2))
+    var = ((v - mean[:, None]) ** 2).mean(axis=(0, 2))
+    invstd = 1 / np.sqrt(var + eps)
+    y = (v - mean[:, None]) * invstd[:, None] * gamma[:, None] + beta[:, None]
+    return (np.where(y < 0, 0.0, y) if relu else y), mean, var, invstd
+
+
+def batchnorm_inference(x, scale, shift, relu):
+    y = x.astype(np.float64) * scale[:, None] + shift[:, None]
+    return np.where(y < 0, 0.0, y) if relu else y
+
+
+def batchnorm_backward(dy, x, y, mean, invstd, gamma, relu, need_input_grad):
+    g = dy.astype(np.float64)
+    if relu:
+        g = np.where(y > 0, g, 0.0)
+    xhat = (x.astype(np.float64) - mean[:, None]) * invstd[:, None]
+    dbeta = g.sum(axis=(0, 2))
+    dgamma = (g * xhat).sum(axis=(0, 2))
+    count = x.shape[0] * x.shape[2]
+    dx = None
+    if need_input_grad:  # the batch statistics' own gradients are the two mean terms
+        dx = (gamma * invstd)[:, None] * (g - dbeta[:, None] / count
+                                          - xhat * dgamma[:, None] / count)
+    return dx, dgamma, dbeta

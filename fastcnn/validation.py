@@ -48,6 +48,19 @@ def check_bool(value: object, name: str) -> bool:
     return bool(value)
 
 
+def check_real(value: object, name: str, low: float, high: float,
+               low_open: bool = False) -> float:
+    """A real number (not a bool) in [low, high] ((low, high] if low_open), or a
+    TypeError/ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    if not (low < value <= high if low_open else low <= value <= high):  # NaN fails too
+        bounds = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+    return float(value)
+
+
 def pair(value: int | tuple[int, int], name: str, minimum: int = 1) -> tuple[int, int]:
     """Turn an int or a pair of ints into a validated (h, w) pair, each <= MAX_SIZE."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int \

@@ -11,6 +11,7 @@ from .avgpool import (
     global_avgpool2d_backward,
     global_avgpool2d_forward,
 )
+from .batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_inference
 from .conv import (
     conv2d_backward,
     conv2d_backward_input,
@@ -45,4 +46,7 @@ __all__ = [
     "dropout_apply",
     "activation_forward",
     "activation_backward",
+    "batchnorm_forward",
+    "batchnorm_inference",
+    "batchnorm_backward",
 ]

@@ -5,6 +5,8 @@ import pytest
 
 from fastcnn import (
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv2D,
     Dense,
     Dropout,
@@ -78,6 +80,9 @@ def check_layer(layer, input_shape, rng, backend):
     (lambda b: Dense(6, activation="leaky_relu", backend=b), (9,)),
     (lambda b: Flatten(backend=b), (2, 3, 4)),
     (lambda b: Dense(7, activation="relu", backend=b), (11,)),
+    (lambda b: BatchNorm2D(backend=b), (3, 5, 4)),
+    (lambda b: BatchNorm2D(momentum=0.5, eps=1e-3, backend=b), (2, 1, 1)),
+    (lambda b: BatchNorm1D(backend=b), (7,)),
 ])
 def test_layer_gradients(make, shape, backend, rng):
     check_layer(make(backend), shape, rng, backend)
@@ -145,3 +150,33 @@ def test_backends_agree_on_seed_arch_training(rng):
         model.fit(x, y, epochs=2, batch_size=8, optimizer=SGD(0.05, momentum=0.9), verbose=False)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_batchnorm_model_gradients(backend, rng):
+    """Conv2D + BatchNorm2D + ReLU and Dense + BatchNorm1D + ReLU: the BatchNorms train
+    fused with their ReLUs."""
+    model = Sequential([
+        Conv2D(3, 3, padding="same", backend=backend),
+        BatchNorm2D(backend=backend),
+        ReLU(backend=backend),
+        MaxPool2D(2, backend=backend),
+        Flatten(backend=backend),
+        Dense(6, backend=backend),
+        BatchNorm1D(backend=backend),
+        ReLU(backend=backend),
+        Dense(5, backend=backend),
+    ], input_shape=(2, 8, 7), seed=5, dtype=np.float64)
+    x = rng.standard_normal((4, 2, 8, 7))
+    y = np.array([0, 3, 4, 1])
+
+    def loss():
+        return model.loss(model.forward(x, training=True), y)
+
+    loss()
+    assert model._fused == {1, 6}
+    model.backward(model.loss.backward())
+    grads = [g.copy() for g in model.gradients()]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        for idx in sample_indices(p, rng, k=6):
+            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)

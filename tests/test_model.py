@@ -332,17 +332,19 @@ def test_the_execution_plan_fuses_by_its_table(monkeypatch):
                                                                (5, 1)]
     calls = []
 
-    def forward(flatten, dense, x, training):
+    def forward(layers, x, training):
         calls.append("forward")
+        flatten, dense = layers
         return dense.forward(flatten.forward(x, training), training)
 
-    def backward(flatten, dense, dy, need):
+    def backward(layers, dy, need):
         calls.append("backward")
+        flatten, dense = layers
         return flatten.backward(dense.backward(dy, True), need)
 
-    # A new fused pair is one entry of the table.
+    # A new fused run is one entry of the table.
     monkeypatch.setattr(plan, "FUSIONS", (*plan.FUSIONS, plan.Fusion(
-        fc.Flatten, fc.Dense, lambda a, b, training: training, forward, backward)))
+        (fc.Flatten, fc.Dense), lambda layers, training: training, forward, backward)))
     fused = fc.seed_arch(0)
     assert [(s.first, s.size) for s in fused._plans[True]] == [(0, 1), (1, 2), (3, 2), (5, 1)]
     assert len(fused._plans[False]) == 5  # the entry applies in training only

@@ -335,6 +335,14 @@ def dropout_model(seed: int) -> fc.Sequential:
     ], input_shape=(1, 28, 28), seed=seed)
 
 
+def batchnorm_model(seed: int) -> fc.Sequential:
+    return fc.Sequential([
+        fc.Conv2D(4, 3, padding="same"), fc.BatchNorm2D(), fc.ReLU(), fc.MaxPool2D(2),
+        fc.Dropout(0.2), fc.Flatten(), fc.Dense(12), fc.BatchNorm1D(), fc.ReLU(),
+        fc.Dense(10),
+    ], input_shape=(1, 28, 28), seed=seed)
+
+
 def fit(model, data, optimizer, **kwargs) -> fc.History:
     x, y, xt, yt = data
     return model.fit(x, y, epochs=2, batch_size=32, optimizer=optimizer,
@@ -351,7 +359,9 @@ def same_history(a: fc.History, b: fc.History) -> bool:
     (strided_model, lambda: fc.Adam(fc.StepDecay(0.01, 5))),
     (noisy_model, lambda: fc.SGD(0.05, momentum=0.9)),
     (dropout_model, lambda: fc.Adam(0.01)),
-], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer", "dropout"])
+    (batchnorm_model, lambda: fc.AdamW(0.01, weight_decay=0.01)),
+], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer", "dropout",
+        "batchnorm-adamw"])
 def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
     full = make_model(0)
     history = fit(full, small, make_opt())
@@ -397,7 +407,8 @@ def restore_threads():
 
 
 @pytest.mark.skipif(TWO_THREADS < 2, reason="needs two Numba threads")
-@pytest.mark.parametrize("make_model", [fc.seed_arch, strided_model], ids=["seed-arch", "strided"])
+@pytest.mark.parametrize("make_model", [fc.seed_arch, strided_model, batchnorm_model],
+                         ids=["seed-arch", "strided", "batchnorm"])
 def test_same_seed_same_bits_with_one_or_two_threads(make_model, small, restore_threads):
     runs = []
     for threads in (1, 2, 2):
