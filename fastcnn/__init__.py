@@ -19,7 +19,7 @@ from .layers import (
     Tanh,
 )
 from .losses import SoftmaxCrossEntropy, softmax
-from .model import History, Sequential, TrainingDiverged
+from .model import EarlyStopping, History, Sequential, TrainingDiverged
 from .models import seed_arch
 from .optim import SGD, Adam, AdamW, Constant, CosineDecay, StepDecay
 from .threads import set_threads
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 load_model = Sequential.load
 
 __all__ = [
-    "CLASS_NAMES", "Adam", "AdamW", "AvgPool2D", "BatchNorm1D", "BatchNorm2D",
+    "CLASS_NAMES", "Adam", "AdamW", "EarlyStopping", "AvgPool2D", "BatchNorm1D", "BatchNorm2D",
     "Constant", "Conv2D", "CosineDecay", "Dense",
     "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D",
     "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh",

@@ -3,10 +3,10 @@
 A checkpoint stores the model (configuration, weights and buffers), the optimizer state
 (its arrays and step count), the `FitState` (epoch, batch position, the data-order
 generator's state at the start of the epoch, the layers' generator's state at that
-batch, running loss sum, History) and the run's settings. It is written atomically
-(temporary file, fsync, rename), so a crash or a kill at any moment leaves the previous
-checkpoint or the new one, never a mix. Nothing in it is pickled: structured values are
-JSON text in 0-d string arrays.
+batch, running loss sum, History, the best epoch's weights for early stopping) and the
+run's settings. It is written atomically (temporary file, fsync, rename), so a crash
+or a kill at any moment leaves the previous checkpoint or the new one, never a mix.
+Nothing in it is pickled: structured values are JSON text in 0-d string arrays.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 FILENAME = "checkpoint.npz"
 _OPTIMIZER = "optimizer."
 _HISTORY = "history."
+_BEST = "best."  # the best epoch's model arrays, for early stopping
 _PROGRESS_INTS = ("epoch", "batch", "steps", "iterations")
 
 
@@ -75,6 +76,7 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
            for f in fields(History)},
         **model.state_arrays(),
         **{_OPTIMIZER + k: a for k, a in optimizer.state().items()},
+        **{_BEST + k: a for k, a in (state.best_arrays or {}).items()},
     }
     atomic_write_npz(path, arrays)
 
@@ -110,9 +112,11 @@ def load_checkpoint(path: str | os.PathLike, backend: str = "numba") -> Checkpoi
             raise ValueError(f"{path}: {_HISTORY + f.name} must be a 1-d float64 array, got "
                              f"{describe(a)}")
         history[f.name] = [float(v) for v in a]
+    best = {k[len(_BEST):]: a for k, a in arrays.items() if k.startswith(_BEST)}
     state = FitState(progress["epoch"], progress["batch"], progress["steps"],
                      progress["rng_state"], float(progress["loss_sum"]),
-                     float(progress["elapsed"]), History(**history), layer_rng_state)
+                     float(progress["elapsed"]), History(**history), layer_rng_state,
+                     best or None)
     optimizer_state = {k[len(_OPTIMIZER):]: a for k, a in arrays.items()
                        if k.startswith(_OPTIMIZER)}
     return Checkpoint(model, optimizer_state, progress["iterations"], state, settings)

@@ -19,6 +19,7 @@ from .optim import Optimizer
 from .plan import Step, build_plan
 from .preprocessing import standardize
 from .training import (
+    EarlyStopping,
     FitState,
     History,
     TrainingDiverged,
@@ -173,6 +174,7 @@ class Sequential:
     # -- Keras-like API ----------------------------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, batch_size: int = 64,
             optimizer: Optimizer | None = None, validation_data: tuple | None = None,
+            validation_split: float = 0.0, early_stopping: EarlyStopping | None = None,
             seed: int | None = 0, verbose: bool = True,
             on_epoch_end: Callable[[int, History], None] | None = None,
             on_progress: Callable[[FitState], bool | None] | None = None,
@@ -180,7 +182,8 @@ class Sequential:
         """Train with mini-batch gradient descent on shuffled data: `fastcnn.training.fit`,
         which documents the arguments."""
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                   validation_data=validation_data, seed=seed, verbose=verbose,
+                   validation_data=validation_data, validation_split=validation_split,
+                   early_stopping=early_stopping, seed=seed, verbose=verbose,
                    on_epoch_end=on_epoch_end, on_progress=on_progress,
                    initial_state=initial_state)
 

@@ -41,14 +41,24 @@ from .compiling import (
 )
 from .data import DataError, load_dataset
 from .fileio import atomic_write_text
-from .model import FitState, History, Sequential, TrainingDiverged, check_fit_state
+from .model import (
+    EarlyStopping,
+    FitState,
+    History,
+    Sequential,
+    TrainingDiverged,
+    check_fit_state,
+)
 from .models import MODELS, describe_models
+from .training import split_index
 
 # Settings that change the result: a checkpoint only resumes with exactly these.
 RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",
-                   "dataset", "limit", "backend", "model", "model_config")
+                   "dataset", "limit", "backend", "model", "model_config", "weight_decay",
+                   "val_split", "early_stop", "monitor")
 # What checkpoints written before a setting existed ran with.
-OLD_CHECKPOINT_DEFAULTS = {"model": "seed_arch", "model_config": None}
+OLD_CHECKPOINT_DEFAULTS = {"model": "seed_arch", "model_config": None, "weight_decay": None,
+                           "val_split": 0.0, "early_stop": None, "monitor": None}
 # Options that do not: taken from the checkpoint unless given again.
 RUN_OPTIONS = ("data_dir", "threads", "out", "metrics_json", "plots", "quiet",
                "checkpoint_every")
@@ -61,10 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (0.002 for adam, 0.05 for sgd)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
                    help="adam (default) or sgd with momentum")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
                    help="learning-rate schedule over the whole run (cosine decay to zero)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW's decoupled weight decay (0.01)")
+    p.add_argument("--val-split", metavar="FRAC", type=float, default=0.0,
+                   help="hold out this fraction of the training images (the last ones) "
+                        "for validation; the test set is then scored once, at the end")
+    p.add_argument("--early-stop", metavar="PATIENCE", type=int, default=None,
+                   help="stop when --monitor has not improved for PATIENCE epochs, keeping "
+                        "the best epoch's weights (needs --val-split)")
+    p.add_argument("--monitor", choices=("val_loss", "val_accuracy", "val_macro_f1"),
+                   default="val_loss", help="what --early-stop watches (val_loss)")
     p.add_argument("--seed", type=int, default=0, help="weights and data order (0)")
     p.add_argument("--threads", type=int, default=None, help="Numba threads (all cores)")
     p.add_argument("--dataset", choices=("fashion-mnist", "sample"), default="fashion-mnist",
@@ -102,7 +122,9 @@ def given_options(argv: list[str] | None) -> set[str]:
     return {k for k, v in vars(parser.parse_args(argv, namespace)).items() if v is not unset}
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace, combinations: bool = True) -> None:
+    """Each option's value, and (``combinations``) what options need of each other: a
+    resumed run checks those once the checkpoint's settings are filled in."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
@@ -117,10 +139,30 @@ def check_args(args: argparse.Namespace) -> None:
             raise CLIError("--checkpoint-every must be >= 1")
         if not (args.checkpoint_dir or args.resume):
             raise CLIError("--checkpoint-every needs --checkpoint-dir (or --resume)")
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay)
+                                              and args.weight_decay >= 0):
+        raise CLIError("--weight-decay must be a number >= 0")
+    if not 0 <= args.val_split < 1:
+        raise CLIError("--val-split must be in [0, 1)")
+    if args.early_stop is not None and args.early_stop < 1:
+        raise CLIError("--early-stop must be >= 1")
+    if not combinations:
+        return
+    if args.weight_decay is not None and args.optimizer != "adamw":
+        raise CLIError("--weight-decay is AdamW's: give --optimizer adamw")
+    if args.early_stop is not None and not args.val_split:
+        raise CLIError("--early-stop needs --val-split: stopping on the test set would "
+                       "choose the model by its test score")
 
 
 def resolved_lr(args: argparse.Namespace) -> float:
     return args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.002)
+
+
+def resolved_weight_decay(args: argparse.Namespace) -> float | None:
+    if args.optimizer != "adamw":
+        return None
+    return 0.01 if args.weight_decay is None else args.weight_decay
 
 
 def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> optim.Optimizer:
@@ -133,6 +175,8 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> optim.Opti
     }[args.schedule]()
     if args.optimizer == "adam":
         return optim.Adam(schedule)
+    if args.optimizer == "adamw":
+        return optim.AdamW(schedule, weight_decay=resolved_weight_decay(args))
     return optim.SGD(schedule, momentum=args.momentum)
 
 
@@ -168,8 +212,11 @@ def checkpoint_settings(args: argparse.Namespace) -> dict:
     only where it is used) and RUN_OPTIONS."""
     out = {k: getattr(args, k) for k in RESULT_SETTINGS + RUN_OPTIONS}
     out["lr"] = resolved_lr(args)
+    out["weight_decay"] = resolved_weight_decay(args)
     if args.optimizer != "sgd":
         out["momentum"] = None
+    if args.early_stop is None:
+        out["monitor"] = None
     return out
 
 
@@ -289,7 +336,7 @@ def _main(argv: list[str] | None) -> int:
         raise CLIError("give --model or --model-config, not both")
     if "model_config" in given:
         args.model = None
-    check_args(args)
+    check_args(args, combinations=not args.resume)
     stop_at, batch_delay = _test_hooks()
     resumed = _load_for_resume(args, given) if args.resume else None
     threads = threads_option(args.threads)
@@ -316,7 +363,12 @@ def _main(argv: list[str] | None) -> int:
     except DataError as exc:
         raise CLIError(str(exc)) from None
 
-    steps = math.ceil(len(x_train) / args.batch_size)
+    # With --val-split, fit trains on the first n_train images only.
+    n_train = split_index(len(x_train), args.val_split)
+    if args.val_split and not 0 < n_train < len(x_train):
+        raise CLIError(f"--val-split {args.val_split} of {len(x_train)} images leaves no "
+                       "training or no validation images")
+    steps = math.ceil(n_train / args.batch_size)
     optimizer = make_optimizer(args, steps)
     run_settings = None
     if ckpt_file is not None:
@@ -357,9 +409,14 @@ def _main(argv: list[str] | None) -> int:
     if initial_state is not None:
         say(f"resuming from {ckpt_file} {where(initial_state, args.epochs)}", flush=True)
 
+    # Scored each epoch: the held-out images with --val-split, else the test set.
+    scored = "val" if args.val_split else "test"
+    early_stopping = None if args.early_stop is None else EarlyStopping(
+        args.monitor, patience=args.early_stop)
+
     def report(epoch: int, h: History) -> None:
         say(f"epoch {epoch + 1}/{args.epochs}  loss {h.loss[-1]:.4f}  "
-            f"test_accuracy {h.val_accuracy[-1]:.4f}  macro_f1 {h.val_macro_f1[-1]:.4f}  "
+            f"{scored}_accuracy {h.val_accuracy[-1]:.4f}  macro_f1 {h.val_macro_f1[-1]:.4f}  "
             f"{h.epoch_seconds[-1]:.1f} s ({h.samples_per_s[-1]:.0f} samples/s)", flush=True)
 
     saved: list[FitState] = []  # the last checkpointed state
@@ -396,7 +453,9 @@ def _main(argv: list[str] | None) -> int:
                                                 divide="ignore"):
             history = model.fit(x_train, y_train, epochs=args.epochs,
                                 batch_size=args.batch_size, optimizer=optimizer,
-                                validation_data=(x_test, y_test), seed=args.seed,
+                                validation_data=None if args.val_split else (x_test, y_test),
+                                validation_split=args.val_split,
+                                early_stopping=early_stopping, seed=args.seed,
                                 verbose=not args.quiet, on_epoch_end=report,
                                 on_progress=on_progress, initial_state=initial_state)
     except TrainingDiverged as exc:
@@ -423,17 +482,33 @@ def _main(argv: list[str] | None) -> int:
         print(f"interrupted by {sig.name} {where(state, args.epochs)}: {tail}", file=sys.stderr)
         return 128 + sig.value
 
+    if early_stopping is not None:
+        best = early_stopping.best_epoch(history)
+        value = getattr(history, args.monitor)[best]
+        how = ("stopped early" if early_stopping.should_stop(history)
+               else "did not stop early")
+        say(f"{how} after epoch {len(history.loss)}; kept the weights of epoch {best + 1} "
+            f"({args.monitor} {value:.4f})")
+    if args.val_split:  # the test set, scored once with the final (or best) weights
+        test = model.evaluate(x_test, y_test)
+    else:
+        test = {"accuracy": history.val_accuracy[-1], "macro_f1": history.val_macro_f1[-1],
+                "loss": history.val_loss[-1]}
+    epochs_run = len(history.epoch_seconds)
     metrics = {
-        "test_accuracy": history.val_accuracy[-1],
-        "macro_f1": history.val_macro_f1[-1],
-        "test_loss": history.val_loss[-1],
+        "test_accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "test_loss": test["loss"],
         "train_loss": history.loss,
-        "test_accuracy_per_epoch": history.val_accuracy,
-        "macro_f1_per_epoch": history.val_macro_f1,
-        "test_loss_per_epoch": history.val_loss,
+        f"{scored}_accuracy_per_epoch": history.val_accuracy,
+        "macro_f1_per_epoch" if scored == "test" else "val_macro_f1_per_epoch":
+            history.val_macro_f1,
+        f"{scored}_loss_per_epoch": history.val_loss,
+        "epochs_run": epochs_run,
+        "best_epoch": None if early_stopping is None
+        else early_stopping.best_epoch(history) + 1,
         "epoch_seconds": history.epoch_seconds,
-        "train_samples_per_s": float(np.sum([len(x_train)] * args.epochs)
-                                     / np.sum(history.epoch_seconds)),
+        "train_samples_per_s": float(n_train * epochs_run / np.sum(history.epoch_seconds)),
         "compile_seconds": compile_seconds,
         "compiled_kernels": compile_log.table(),
         "compiled_in_second_process": [name for name, _, _ in beside.kernels] if beside else [],

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .data import batches
 from .optim import SGD, Optimizer
 from .threads import one_blas_thread
-from .validation import check_int, describe
+from .validation import check_bool, check_int, check_real, describe
 
 if TYPE_CHECKING:
     from .model import Sequential
@@ -62,6 +62,58 @@ class FitState:
     # (dropout masks): None in checkpoints written before it existed, whose layers drew
     # nothing.
     layer_rng_state: dict | None = None
+    # With `EarlyStopping(restore_best_weights=True)`: the model's `state_arrays()` after
+    # the best epoch so far (None before the first epoch ends).
+    best_arrays: dict[str, np.ndarray] | None = None
+
+
+class EarlyStopping:
+    """Stop `fit` when the monitored metric has not improved for `patience` epochs, and
+    (``restore_best_weights``) end with the weights of its best epoch.
+
+    monitor: "val_loss" (the default), "val_accuracy", "val_macro_f1" or "loss"; losses
+    improve downwards, the others upwards, by more than ``min_delta``. As Keras'
+    EarlyStopping, except that the best weights are restored whenever training ends, not
+    only when it stops early (Keras restores them only then). Every decision is a function
+    of the History, so a resumed run stops where the uninterrupted one would.
+    """
+
+    MONITORS = {"val_loss": -1, "val_accuracy": 1, "val_macro_f1": 1, "loss": -1}
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best_weights: bool = True) -> None:
+        if not isinstance(monitor, str) or monitor not in self.MONITORS:
+            raise ValueError(f"monitor must be one of {sorted(self.MONITORS)}, got "
+                             f"{describe(monitor)}")
+        self.monitor = monitor
+        self.patience = check_int(patience, "patience", 1, None)
+        self.min_delta = check_real(min_delta, "min_delta", 0.0, math.inf)
+        self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights")
+
+    def best_epoch(self, history: History) -> int | None:
+        """0-based epoch of the best value so far (the first, among ties), or None."""
+        values = getattr(history, self.monitor)
+        sign = self.MONITORS[self.monitor]
+        best = None
+        for epoch, value in enumerate(values):
+            if best is None or math.isnan(values[best]) or sign * (value - values[best]) > \
+                    self.min_delta:
+                best = epoch
+        return best
+
+    def should_stop(self, history: History) -> bool:
+        best = self.best_epoch(history)
+        return best is not None and len(getattr(history, self.monitor)) - 1 - best >= \
+            self.patience
+
+    def __repr__(self) -> str:
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+                f"min_delta={self.min_delta}, restore_best_weights={self.restore_best_weights})")
+
+
+def split_index(n: int, validation_split: float) -> int:
+    """Where `fit(validation_split=...)` splits n samples: the first split_index train."""
+    return int(n * (1 - validation_split))
 
 
 def layer_generator(seed: int | None) -> np.random.Generator:
@@ -72,8 +124,9 @@ def layer_generator(seed: int | None) -> np.random.Generator:
 
 def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         batch_size: int = 64, optimizer: Optimizer | None = None,
-        validation_data: tuple | None = None, seed: int | None = 0, verbose: bool = True,
-        on_epoch_end: Callable[[int, History], None] | None = None,
+        validation_data: tuple | None = None, validation_split: float = 0.0,
+        early_stopping: EarlyStopping | None = None, seed: int | None = 0,
+        verbose: bool = True, on_epoch_end: Callable[[int, History], None] | None = None,
         on_progress: Callable[[FitState], bool | None] | None = None,
         initial_state: FitState | None = None) -> History:
     """Train with mini-batch gradient descent on shuffled data.
@@ -84,6 +137,10 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     history so far. ``initial_state`` continues from such a state (``seed`` is then
     unused: the data order comes from the state); the caller restores the weights and
     the optimizer (``load_state``) saved at that same moment.
+
+    ``validation_split`` holds out that fraction of the samples, the last ones (before
+    any shuffling, as Keras), as validation data. ``early_stopping`` (an `EarlyStopping`)
+    ends training when its metric stops improving.
     """
     epochs = check_int(epochs, "epochs", 1, None)
     batch_size = check_int(batch_size, "batch_size", 1, None)
@@ -94,6 +151,22 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable, got {describe(fn)}")
     y = model._check_labelled(x, y, "x", "y")
+    validation_split = check_real(validation_split, "validation_split", 0.0, 1.0)
+    if validation_split:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        split_at = split_index(len(x), validation_split)
+        if split_at == 0 or split_at == len(x):
+            raise ValueError(f"validation_split {validation_split} of {len(x)} samples "
+                             "leaves no training or no validation samples")
+        x, y, validation_data = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping, got "
+                            f"{describe(early_stopping)}")
+        if early_stopping.monitor.startswith("val_") and validation_data is None:
+            raise ValueError(f"early stopping on {early_stopping.monitor} needs "
+                             "validation_data or validation_split")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (x, y), got "
@@ -108,14 +181,19 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     else:
         state = check_fit_state(initial_state, epochs, steps, optimizer,
                                 validation_data is not None)
+        _check_best_arrays(state, early_stopping, model)
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng_state
         layer_rng = np.random.default_rng(0)
         if state.layer_rng_state is not None:
             layer_rng.bit_generator.state = state.layer_rng_state
     history = state.history
+    keep_best = early_stopping is not None and early_stopping.restore_best_weights
+    best_arrays = state.best_arrays if keep_best else None
+    # A run resumed after the point where it stopped early stops there again.
+    stopped = early_stopping is not None and early_stopping.should_stop(history)
     with one_blas_thread():
-        for epoch in range(state.epoch, epochs):
+        for epoch in range(state.epoch, epochs if not stopped else state.epoch):
             # The permutation is drawn from this state, so a resumed epoch redraws it.
             epoch_rng = rng.bit_generator.state
             first = state.batch if epoch == state.epoch else 0
@@ -141,7 +219,7 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                     if on_progress is not None and on_progress(FitState(
                             epoch, b + 1, steps, epoch_rng, total,
                             before + time.perf_counter() - start, history,
-                            layer_rng.bit_generator.state)):
+                            layer_rng.bit_generator.state, best_arrays)):
                         return history
             finally:
                 bar.close()
@@ -154,13 +232,39 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                 history.val_loss.append(scores["loss"])
                 history.val_accuracy.append(scores["accuracy"])
                 history.val_macro_f1.append(scores["macro_f1"])
+            if early_stopping is not None:
+                if keep_best and early_stopping.best_epoch(history) == epoch:
+                    best_arrays = {k: a.copy() for k, a in model.state_arrays().items()}
+                stopped = early_stopping.should_stop(history)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             if on_progress is not None and on_progress(FitState(
                     epoch + 1, 0, steps, rng.bit_generator.state, 0.0, 0.0, history,
-                    layer_rng.bit_generator.state)):
+                    layer_rng.bit_generator.state, best_arrays)):
                 return history
+            if stopped:
+                break
+    if best_arrays is not None:
+        model.load_state_arrays(best_arrays, "the best epoch's weights")
     return history
+
+
+def _check_best_arrays(state: FitState, early_stopping: EarlyStopping | None,
+                       model: Sequential) -> None:
+    """A resumed run that restores the best weights needs them once an epoch has ended."""
+    if early_stopping is None or not early_stopping.restore_best_weights:
+        return
+    if state.best_arrays is None:
+        if getattr(state.history, early_stopping.monitor):
+            raise ValueError("initial_state holds no best weights for early stopping "
+                             "(it was saved without restore_best_weights)")
+        return
+    want = model.state_arrays()
+    got = state.best_arrays
+    if not isinstance(got, dict) or sorted(got) != sorted(want) or any(
+            not isinstance(got[k], np.ndarray) or got[k].shape != a.shape
+            or got[k].dtype != a.dtype for k, a in want.items()):
+        raise ValueError("initial_state.best_arrays do not fit the model")
 
 
 def check_fit_state(state: object, epochs: int, steps: int, optimizer: Optimizer,
@@ -200,7 +304,7 @@ def check_fit_state(state: object, epochs: int, steps: int, optimizer: Optimizer
         layer_rng_state = _generator_state(state.layer_rng_state,
                                            "initial_state.layer_rng_state")
     return FitState(epoch, batch, steps, rng_state, float(state.loss_sum),
-                    float(state.elapsed), h.copy(), layer_rng_state)
+                    float(state.elapsed), h.copy(), layer_rng_state, state.best_arrays)
 
 
 def _generator_state(value: object, name: str) -> dict:

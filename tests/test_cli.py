@@ -149,3 +149,50 @@ def test_model_config_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
     assert "the data need (1, 28, 28) to (10,)" in capsys.readouterr().err
     assert train.main(["--model-config", str(tmp_path / "bad.json"), "--dataset", "sample"]) == 2
     assert "not a model configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--val-split", "1"], "--val-split must be in [0, 1)"),
+    (["--early-stop", "2"], "--early-stop needs --val-split"),
+    (["--early-stop", "0", "--val-split", "0.1"], "--early-stop must be >= 1"),
+    (["--weight-decay", "0.1"], "give --optimizer adamw"),
+    (["--optimizer", "adamw", "--weight-decay", "-1"], "--weight-decay must be"),
+    (["--monitor", "accuracy"], "invalid choice"),
+    (["--val-split", "0.5", "--limit", "1"], "leaves no training or no validation"),
+])
+def test_bad_training_feature_flags_exit_2(args, message, capsys):
+    assert train.main(["--dataset", "sample", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_early_stop_on_a_validation_split_then_resume(tmp_path, capsys):
+    """--val-split holds out images, --early-stop stops and keeps the best epoch; a run
+    interrupted at an epoch's end and resumed from its checkpoint ends the same."""
+    args = ["--dataset", "sample", "--epochs", "40", "--val-split", "0.25", "--early-stop",
+            "2", "--monitor", "val_accuracy", "--optimizer", "adamw", "--lr", "0.01",
+            "--threads", "1", "--quiet"]
+    assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert "val_accuracy" in printed and "stopped early after epoch" in printed
+    best = m["best_epoch"]
+    assert m["epochs_run"] == best + 2 < 40
+    assert max(m["val_accuracy_per_epoch"]) == m["val_accuracy_per_epoch"][best - 1]
+    model = fastcnn.load_model(tmp_path / "full" / "model.npz")
+    x, y = fastcnn.load_dataset("sample", "test")
+    assert model.evaluate(x, y)["accuracy"] == m["test_accuracy"]
+    # Interrupted (test hook: SIGINT) at the end of epoch 2, then resumed.
+    ck = tmp_path / "ck"
+    proc = subprocess.run([sys.executable, "-m", "fastcnn.train", *args, "--checkpoint-dir",
+                           str(ck), "--out", str(tmp_path / "part")], capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "FASTCNN_TEST_STOP_AT": "3:0:INT"})
+    assert proc.returncode == 130, proc.stderr
+    assert train.main(["--resume", str(ck), "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    for key in ("test_accuracy", "val_accuracy_per_epoch", "train_loss", "best_epoch"):
+        assert resumed[key] == m[key], key
+    # Another patience is another run: refused.
+    assert train.main(["--resume", str(ck), "--early-stop", "3"]) == 2
+    assert "early_stop 2 there, 3 here" in capsys.readouterr().err
