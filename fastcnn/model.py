@@ -17,7 +17,7 @@ from .layers import LAYERS, Layer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Optimizer
 from .plan import Step, build_plan
-from .preprocessing import standardize
+from .preprocessing import channel_statistics, standardize
 from .training import (
     EarlyStopping,
     FitState,
@@ -27,7 +27,7 @@ from .training import (
     fit,
     layer_generator,
 )
-from .validation import check_int, describe
+from .validation import check_int, check_real, describe
 
 __all__ = ["FitState", "History", "Sequential", "TrainingDiverged", "check_fit_state"]
 
@@ -41,7 +41,9 @@ class Sequential:
     """A stack of layers, built at once for `input_shape` (C, H, W) from a seeded generator."""
 
     def __init__(self, layers: Sequence[Layer], input_shape: tuple[int, ...] = (1, 28, 28),
-                 seed: int | None = 0, dtype: type = np.float32) -> None:
+                 seed: int | None = 0, dtype: type = np.float32,
+                 input_mean: Sequence[float] = (MEAN,),
+                 input_std: Sequence[float] = (STD,)) -> None:
         if not isinstance(layers, Sequence) or isinstance(layers, str):
             raise TypeError(f"layers must be a list of fastcnn layers, got {describe(layers)}")
         if not layers:
@@ -66,6 +68,8 @@ class Sequential:
         if seed is not None:
             check_int(seed, "seed", 0, None)
         self.seed = seed
+        self.input_mean, self.input_std = _input_statistics(input_mean, input_std,
+                                                            self.input_shape[0])
         rng = np.random.default_rng(seed)
         shape = self.input_shape
         _check_size(shape, "one input sample")
@@ -87,8 +91,10 @@ class Sequential:
 
     # -- core passes -------------------------------------------------------------------
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Images as the first layer wants them: uint8 pixels are standardised with
-        Fashion-MNIST's mean and std (in every channel), floats taken as they are."""
+        """Images as the first layer wants them: uint8 pixels are standardised per
+        channel, (pixel / 255 - input_mean[c]) / input_std[c] (by default Fashion-MNIST's
+        mean and std in every channel; `adapt` takes them from the training images);
+        floats are taken as they are."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
         if x.ndim == 0:
@@ -99,7 +105,8 @@ class Sequential:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
         if x.dtype == np.uint8:
-            return standardize(x, (MEAN,), (STD,)).astype(self.dtype, copy=False)
+            return standardize(x, self.input_mean, self.input_std).astype(self.dtype,
+                                                                          copy=False)
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"x must be uint8 pixels or floats, got dtype {x.dtype}")
         return np.ascontiguousarray(x, dtype=self.dtype)
@@ -228,9 +235,19 @@ class Sequential:
             raise ValueError(f"{x_name} holds NaN or infinite values")
         return _check_labels(y, len(x), self.output_shape[0], y_name)
 
+    def adapt(self, x: np.ndarray) -> None:
+        """Take `prepare`'s per-channel mean and std from uint8 training images x
+        (N, C, H, W), or (N, H, W) for one channel: as Keras' Normalization.adapt."""
+        self._check_images(x, "x")
+        if x.dtype != np.uint8:
+            raise TypeError(f"adapt takes uint8 images, got dtype {x.dtype}")
+        mean, std = channel_statistics(x.reshape(len(x), *self.input_shape))
+        self.input_mean, self.input_std = _input_statistics(mean, std, self.input_shape[0])
+
     # -- persistence -------------------------------------------------------------------
     def get_config(self) -> dict:
         return {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
+                "input_mean": list(self.input_mean), "input_std": list(self.input_std),
                 "layers": [{"class": type(layer).__name__, "config": layer.get_config()}
                            for layer in self.layers]}
 
@@ -259,8 +276,11 @@ class Sequential:
             if spec["class"] not in LAYERS:
                 raise ValueError(f"unknown layer class {spec['class']!r}")
             layers.append(LAYERS[spec["class"]](**spec["config"], backend=backend))
+        # Models saved before per-channel statistics used Fashion-MNIST's.
         return cls(layers, tuple(config["input_shape"]), seed=seed,
-                   dtype=np.dtype(config["dtype"]))
+                   dtype=np.dtype(config["dtype"]),
+                   input_mean=config.get("input_mean", (MEAN,)),
+                   input_std=config.get("input_std", (STD,)))
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "file") -> None:
         expected = self.state_arrays()
@@ -307,6 +327,23 @@ class Sequential:
                           f"Total params: {trainable + buffers:,}",
                           f"Trainable params: {trainable:,}",
                           f"Non-trainable params: {buffers:,}"])
+
+
+def _input_statistics(mean: object, std: object,
+                      channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checked per-channel mean and std (1 value for all channels, or one per channel)."""
+    out = []
+    for name, values, low in (("input_mean", mean, -math.inf), ("input_std", std, 0.0)):
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        if not isinstance(values, (tuple, list)) or len(values) not in (1, channels):
+            raise ValueError(f"{name} needs 1 or {channels} values (one per channel), got "
+                             f"{describe(values)}")
+        out.append(tuple(check_real(v, f"{name}[{i}]", low, math.inf, low_open=low == 0.0)
+                         for i, v in enumerate(values)))
+        if not all(math.isfinite(v) for v in out[-1]):
+            raise ValueError(f"{name} must be finite, got {describe(values)}")
+    return out[0], out[1]
 
 
 def _check_size(shape: tuple[int, ...], what: str) -> None:

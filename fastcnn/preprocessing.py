@@ -34,3 +34,21 @@ def standardize(images: np.ndarray, mean: tuple[float, ...],
         table = _table(float(mean[c % len(mean)]), float(std[c % len(std)]))
         out[:, c] = table[images[:, c]]
     return out
+
+
+def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) in [0, 1] units (pixel / 255),
+    in float64, for `standardize`. A constant channel gets std 1 rather than 0."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(f"images must be uint8 of shape (N, C, H, W), got {images.dtype} "
+                        f"{images.shape}")
+    # Exact integer histograms: the same statistics for any order or chunking.
+    mean, std = [], []
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    for c in range(images.shape[1]):
+        counts = np.bincount(images[:, c].reshape(-1), minlength=256).astype(np.float64)
+        m = float(counts @ levels / counts.sum())
+        s = float(np.sqrt(counts @ (levels - m) ** 2 / counts.sum()))
+        mean.append(m)
+        std.append(s if s > 0 else 1.0)
+    return tuple(mean), tuple(std)

@@ -366,3 +366,54 @@ def test_warmup_compiles_the_optimizer_and_changes_nothing(make_opt):
     assert opt.iterations == 0 and not opt.state()
     for a, b in zip(before, model.parameters(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def colour_images(n, seed):
+    """3-channel uint8 images whose class is which channel is bright (with noise)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 3, 8, 8)).astype(np.uint8)
+    x[np.arange(n), y] += rng.integers(60, 190, (n, 8, 8)).astype(np.uint8)
+    x[:, 2] //= 2  # channels on different scales: per-channel statistics matter
+    return x, y
+
+
+def test_per_channel_statistics_from_the_training_images(tmp_path):
+    x, y = colour_images(600, 0)
+    model = fc.Sequential([fc.Conv2D(4, 3, activation="relu"), fc.GlobalAvgPool2D(),
+                           fc.Dense(3)], input_shape=(3, 8, 8), seed=0)
+    assert model.input_mean == (fc.data.MEAN,)  # Fashion-MNIST's until adapted
+    model.adapt(x)
+    v = x.astype(np.float64) / 255
+    np.testing.assert_allclose(model.input_mean, v.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(model.input_std, v.std(axis=(0, 2, 3)), rtol=1e-12)
+    prepared = model.prepare(x)
+    np.testing.assert_allclose(prepared.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(prepared.std(axis=(0, 2, 3)), 1, atol=1e-5)
+    model.fit(x, y, epochs=15, batch_size=32, optimizer=fc.Adam(0.01), verbose=False)
+    xt, yt = colour_images(300, 1)
+    assert model.evaluate(xt, yt)["accuracy"] > 0.9
+    model.save(tmp_path / "m.npz")
+    loaded = fc.load_model(tmp_path / "m.npz")
+    assert loaded.input_mean == model.input_mean and loaded.input_std == model.input_std
+    np.testing.assert_array_equal(loaded.predict(xt), model.predict(xt))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"input_mean": (0.1, 0.2)}, ValueError, "input_mean needs 1 or 3 values"),
+    ({"input_std": (0.0,)}, ValueError, "input_std\\[0\\] must be in"),
+    ({"input_std": (float("inf"),)}, ValueError, "input_std must be finite"),
+    ({"input_mean": "abc"}, ValueError, "input_mean needs"),
+    ({"input_mean": (None,)}, TypeError, "input_mean\\[0\\] must be a number"),
+])
+def test_bad_input_statistics_are_named(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fc.Sequential([fc.Flatten(), fc.Dense(3)], input_shape=(3, 4, 4), **kwargs)
+
+
+def test_adapt_takes_uint8_images_of_the_model_shape():
+    model = fc.Sequential([fc.Flatten(), fc.Dense(3)], input_shape=(3, 4, 4))
+    with pytest.raises(TypeError, match="adapt takes uint8"):
+        model.adapt(np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="x must have shape"):
+        model.adapt(np.zeros((2, 1, 4, 4), np.uint8))
