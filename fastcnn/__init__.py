@@ -1,6 +1,7 @@
 """fastcnn: a CPU CNN library whose convolution and pooling run as Numba kernels."""
 
 from . import functional
+from .augment import Augmentation
 from .data import CLASS_NAMES, load_dataset, load_fashion_mnist
 from .layers import (
     AvgPool2D,
@@ -29,10 +30,10 @@ __version__ = "0.1.0"
 load_model = Sequential.load
 
 __all__ = [
-    "CLASS_NAMES", "Adam", "AdamW", "EarlyStopping", "AvgPool2D", "BatchNorm1D", "BatchNorm2D",
-    "Constant", "Conv2D", "CosineDecay", "Dense",
-    "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "MaxPool2D",
-    "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StepDecay", "Tanh",
-    "TrainingDiverged", "functional", "load_dataset", "load_fashion_mnist", "load_model",
-    "seed_arch", "set_threads", "softmax",
+    "Adam", "AdamW", "Augmentation", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "CLASS_NAMES",
+    "Constant", "Conv2D", "CosineDecay", "Dense", "Dropout", "EarlyStopping", "Flatten",
+    "functional", "GlobalAvgPool2D", "History", "Layer", "LeakyReLU", "load_dataset",
+    "load_fashion_mnist", "load_model", "MaxPool2D", "ReLU", "seed_arch", "Sequential",
+    "set_threads", "SGD", "Sigmoid", "softmax", "SoftmaxCrossEntropy", "StepDecay", "Tanh",
+    "TrainingDiverged",
 ]

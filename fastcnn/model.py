@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import metrics
+from .augment import Augmentation
 from .data import MEAN, STD
 from .layers import LAYERS, Layer
 from .losses import SoftmaxCrossEntropy, softmax
@@ -182,7 +183,7 @@ class Sequential:
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, batch_size: int = 64,
             optimizer: Optimizer | None = None, validation_data: tuple | None = None,
             validation_split: float = 0.0, early_stopping: EarlyStopping | None = None,
-            seed: int | None = 0, verbose: bool = True,
+            augment: Augmentation | None = None, seed: int | None = 0, verbose: bool = True,
             on_epoch_end: Callable[[int, History], None] | None = None,
             on_progress: Callable[[FitState], bool | None] | None = None,
             initial_state: FitState | None = None) -> History:
@@ -190,7 +191,7 @@ class Sequential:
         which documents the arguments."""
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                    validation_data=validation_data, validation_split=validation_split,
-                   early_stopping=early_stopping, seed=seed, verbose=verbose,
+                   early_stopping=early_stopping, augment=augment, seed=seed, verbose=verbose,
                    on_epoch_end=on_epoch_end, on_progress=on_progress,
                    initial_state=initial_state)
 

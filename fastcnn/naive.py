@@ -271,3 +271,14 @@ def batchnorm_backward(dy, x, y, mean, invstd, gamma, relu, need_input_grad):
                     dx[n, c, p] = (dxhat[n, p] * invstd[c] + dvar * 2 * xc[n, p] / count
                                    + dmean / count)
     return dx, dgamma, dbeta
+
+
+def shift_flip(images, shifts, flips):
+    N, C, H, W = images.shape
+    out = np.zeros_like(images)
+    for n, c, h, w in np.ndindex(images.shape):
+        dy, dx = shifts[n]
+        r, v = h + dy, (W - 1 - w if flips[n] else w) + dx
+        if 0 <= r < H and 0 <= v < W:
+            out[n, c, h, w] = images[n, c, r, v]
+    return out

@@ -266,3 +266,15 @@ def batchnorm_backward(dy, x, y, mean, invstd, gamma, relu, need_input_grad):
         dx = (gamma * invstd)[:, None] * (g - dbeta[:, None] / count
                                           - xhat * dgamma[:, None] / count)
     return dx, dgamma, dbeta
+
+
+def shift_flip(images, shifts, flips):
+    N, C, H, W = images.shape
+    out = np.zeros_like(images)
+    padded = np.zeros((N, C, 3 * H, 3 * W), dtype=images.dtype)
+    padded[:, :, H:2 * H, W:2 * W] = images
+    for n in range(N):  # a window of the padded image, then the flip
+        dy, dx = shifts[n]
+        window = padded[n, :, H + dy:2 * H + dy, W + dx:2 * W + dx]
+        out[n] = window[:, :, ::-1] if flips[n] else window
+    return out

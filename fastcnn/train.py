@@ -32,6 +32,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import optim, plots
+from .augment import Augmentation
 from .cli import ArgumentParser, CLIError, run_cli, threads_option
 from .compiling import (
     announce_if_cold,
@@ -55,10 +56,11 @@ from .training import split_index
 # Settings that change the result: a checkpoint only resumes with exactly these.
 RESULT_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "seed",
                    "dataset", "limit", "backend", "model", "model_config", "weight_decay",
-                   "val_split", "early_stop", "monitor")
+                   "val_split", "early_stop", "monitor", "augment", "flip")
 # What checkpoints written before a setting existed ran with.
 OLD_CHECKPOINT_DEFAULTS = {"model": "seed_arch", "model_config": None, "weight_decay": None,
-                           "val_split": 0.0, "early_stop": None, "monitor": None}
+                           "val_split": 0.0, "early_stop": None, "monitor": None,
+                           "augment": None, "flip": None}
 # Options that do not: taken from the checkpoint unless given again.
 RUN_OPTIONS = ("data_dir", "threads", "out", "metrics_json", "plots", "quiet",
                "checkpoint_every")
@@ -85,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the best epoch's weights (needs --val-split)")
     p.add_argument("--monitor", choices=("val_loss", "val_accuracy", "val_macro_f1"),
                    default="val_loss", help="what --early-stop watches (val_loss)")
+    p.add_argument("--augment", metavar="SHIFT", type=int, nargs="?", const=2, default=None,
+                   help="augment the training images: random shifts of up to SHIFT pixels "
+                        "(2 if not given) with zero fill, and horizontal flips")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="with --augment: shifts only, no flips")
     p.add_argument("--seed", type=int, default=0, help="weights and data order (0)")
     p.add_argument("--threads", type=int, default=None, help="Numba threads (all cores)")
     p.add_argument("--dataset", choices=("fashion-mnist", "sample"), default="fashion-mnist",
@@ -146,6 +153,8 @@ def check_args(args: argparse.Namespace, combinations: bool = True) -> None:
         raise CLIError("--val-split must be in [0, 1)")
     if args.early_stop is not None and args.early_stop < 1:
         raise CLIError("--early-stop must be >= 1")
+    if args.augment is not None and not 0 <= args.augment < 28:
+        raise CLIError("--augment SHIFT must be in [0, 28): the images are 28 x 28")
     if not combinations:
         return
     if args.weight_decay is not None and args.optimizer != "adamw":
@@ -217,6 +226,8 @@ def checkpoint_settings(args: argparse.Namespace) -> dict:
         out["momentum"] = None
     if args.early_stop is None:
         out["monitor"] = None
+    if args.augment is None:
+        out["flip"] = None
     return out
 
 
@@ -409,6 +420,7 @@ def _main(argv: list[str] | None) -> int:
     if initial_state is not None:
         say(f"resuming from {ckpt_file} {where(initial_state, args.epochs)}", flush=True)
 
+    augment = None if args.augment is None else Augmentation(args.augment, args.flip)
     # Scored each epoch: the held-out images with --val-split, else the test set.
     scored = "val" if args.val_split else "test"
     early_stopping = None if args.early_stop is None else EarlyStopping(
@@ -455,7 +467,8 @@ def _main(argv: list[str] | None) -> int:
                                 batch_size=args.batch_size, optimizer=optimizer,
                                 validation_data=None if args.val_split else (x_test, y_test),
                                 validation_split=args.val_split,
-                                early_stopping=early_stopping, seed=args.seed,
+                                early_stopping=early_stopping, augment=augment,
+                                seed=args.seed,
                                 verbose=not args.quiet, on_epoch_end=report,
                                 on_progress=on_progress, initial_state=initial_state)
     except TrainingDiverged as exc:

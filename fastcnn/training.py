@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from .augment import Augmentation
 from .data import batches
 from .optim import SGD, Optimizer
 from .threads import one_blas_thread
@@ -125,7 +126,8 @@ def layer_generator(seed: int | None) -> np.random.Generator:
 def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         batch_size: int = 64, optimizer: Optimizer | None = None,
         validation_data: tuple | None = None, validation_split: float = 0.0,
-        early_stopping: EarlyStopping | None = None, seed: int | None = 0,
+        early_stopping: EarlyStopping | None = None, augment: Augmentation | None = None,
+        seed: int | None = 0,
         verbose: bool = True, on_epoch_end: Callable[[int, History], None] | None = None,
         on_progress: Callable[[FitState], bool | None] | None = None,
         initial_state: FitState | None = None) -> History:
@@ -140,7 +142,9 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
 
     ``validation_split`` holds out that fraction of the samples, the last ones (before
     any shuffling, as Keras), as validation data. ``early_stopping`` (an `EarlyStopping`)
-    ends training when its metric stops improving.
+    ends training when its metric stops improving. ``augment`` (an `Augmentation`)
+    randomly shifts and flips each batch of uint8 training images, drawing from the
+    layers' generator (so a resumed run draws the same).
     """
     epochs = check_int(epochs, "epochs", 1, None)
     batch_size = check_int(batch_size, "batch_size", 1, None)
@@ -167,6 +171,12 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         if early_stopping.monitor.startswith("val_") and validation_data is None:
             raise ValueError(f"early stopping on {early_stopping.monitor} needs "
                              "validation_data or validation_split")
+    if augment is not None:
+        if not isinstance(augment, Augmentation):
+            raise TypeError(f"augment must be an Augmentation, got {describe(augment)}")
+        if x.dtype != np.uint8:
+            raise TypeError(f"augment works on uint8 images, x is {x.dtype}")
+        augment.check(model.input_shape)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (x, y), got "
@@ -206,7 +216,10 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                 for b, idx in enumerate(batches(n, batch_size, rng)):
                     if b < first:
                         continue
-                    loss = model.train_step(model.prepare(x[idx]), y[idx], optimizer, layer_rng)
+                    xb = x[idx]
+                    if augment is not None:
+                        xb = augment.apply(xb.reshape(len(idx), *model.input_shape), layer_rng)
+                    loss = model.train_step(model.prepare(xb), y[idx], optimizer, layer_rng)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}/{steps}; "

@@ -5,6 +5,7 @@ checks): call them through ``fastcnn.functional`` unless the arguments are known
 """
 
 from .activation import activation_backward, activation_forward
+from .augment import shift_flip
 from .avgpool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -49,4 +50,5 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_inference",
     "batchnorm_backward",
+    "shift_flip",
 ]

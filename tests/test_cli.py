@@ -158,6 +158,7 @@ def test_model_config_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
     (["--weight-decay", "0.1"], "give --optimizer adamw"),
     (["--optimizer", "adamw", "--weight-decay", "-1"], "--weight-decay must be"),
     (["--monitor", "accuracy"], "invalid choice"),
+    (["--augment", "28"], "--augment SHIFT must be in [0, 28)"),
     (["--val-split", "0.5", "--limit", "1"], "leaves no training or no validation"),
 ])
 def test_bad_training_feature_flags_exit_2(args, message, capsys):
@@ -168,10 +169,11 @@ def test_bad_training_feature_flags_exit_2(args, message, capsys):
 
 def test_early_stop_on_a_validation_split_then_resume(tmp_path, capsys):
     """--val-split holds out images, --early-stop stops and keeps the best epoch; a run
-    interrupted at an epoch's end and resumed from its checkpoint ends the same."""
+    (with --augment) interrupted at an epoch's end and resumed from its checkpoint ends
+    the same."""
     args = ["--dataset", "sample", "--epochs", "40", "--val-split", "0.25", "--early-stop",
             "2", "--monitor", "val_accuracy", "--optimizer", "adamw", "--lr", "0.01",
-            "--threads", "1", "--quiet"]
+            "--augment", "1", "--threads", "1", "--quiet"]
     assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
     printed = capsys.readouterr().out
     m = json.loads((tmp_path / "full" / "metrics.json").read_text())
