@@ -160,10 +160,13 @@ class Sequential:
     def warmup(self, optimizer: Optimizer | None = None,
                before_backward: Callable[[], object] | None = None) -> float:
         """Compile (or load from cache) every kernel the model uses in training and
-        inference, and the optimizer's update if given; returns seconds. The weights and
-        the optimizer's state stay as they were. ``before_backward`` runs between the
-        forward and backward passes (to wait for kernels another process compiles)."""
+        inference, and the optimizer's update if given; returns seconds. The weights,
+        the buffers and the optimizer's state stay as they were. ``before_backward`` runs
+        between the forward and backward passes (to wait for kernels another process
+        compiles)."""
         start = time.perf_counter()
+        # A training pass updates buffers (BatchNorm's running statistics): put them back.
+        buffers = [{k: a.copy() for k, a in layer.buffers.items()} for layer in self.layers]
         # Every batch size runs the same kernels: two samples compile them all.
         n = 2
         x = np.zeros((n, *self.input_shape), dtype=self.dtype)
@@ -177,6 +180,8 @@ class Sequential:
             # A copy steps copies of the weights: the first epoch then times no compiling.
             copy.deepcopy(optimizer).step([p.copy() for p in self.parameters()],
                                           self.gradients())
+        for layer, saved in zip(self.layers, buffers, strict=True):
+            layer.buffers.update(saved)
         return time.perf_counter() - start
 
     # -- Keras-like API ----------------------------------------------------------------

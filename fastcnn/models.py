@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from .layers import (
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
 from .model import Sequential
 
 
@@ -58,8 +67,28 @@ def keras_mnist(seed: int | None = 0, backend: str = "numba", *,
     ], input_shape=input_shape, seed=seed)
 
 
+def vgg_small(seed: int | None = 0, backend: str = "numba", *,
+              input_shape: tuple[int, int, int] = (1, 28, 28),
+              classes: int = 10) -> Sequential:
+    """A small VGG with BatchNorm: (Conv 32@3x3 -> BN -> ReLU) x2 -> MaxPool 2 -> Dropout
+    0.25 -> (Conv 64@3x3 -> BN -> ReLU) x2 -> MaxPool 2 -> Dropout 0.25 -> Conv 128@3x3 ->
+    BN -> ReLU -> GlobalAvgPool -> Dropout 0.25 -> Dense classes; convolutions 'same'.
+    In evaluation each BatchNorm folds into its convolution (`fastcnn.plan`)."""
+    def block(filters: int) -> list:
+        return [Conv2D(filters, 3, padding="same", backend=backend),
+                BatchNorm2D(backend=backend), ReLU(backend=backend)]
+
+    return Sequential([
+        *block(32), *block(32), MaxPool2D(2, backend=backend), Dropout(0.25, backend=backend),
+        *block(64), *block(64), MaxPool2D(2, backend=backend), Dropout(0.25, backend=backend),
+        *block(128), GlobalAvgPool2D(backend=backend), Dropout(0.25, backend=backend),
+        Dense(classes, kernel_initializer="glorot_uniform", backend=backend),
+    ], input_shape=input_shape, seed=seed)
+
+
 MODELS: dict[str, Callable[..., Sequential]] = {
-    "seed_arch": seed_arch, "lenet5": lenet5, "keras_mnist": keras_mnist}
+    "seed_arch": seed_arch, "lenet5": lenet5, "keras_mnist": keras_mnist,
+    "vgg_small": vgg_small}
 
 
 def describe_models() -> str:

@@ -227,3 +227,11 @@ def test_matches_pytorch_in_training_and_evaluation(shape):
     x = r.standard_normal(shape)
     want = theirs.eval()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(model.forward(x, training=False), want, rtol=1e-10, atol=1e-10)
+
+
+def test_warmup_leaves_the_running_statistics_alone():
+    model, _ = trained()
+    before = {k: v.copy() for k, v in model.state_arrays().items()}
+    model.warmup(fc.Adam(0.01))
+    for k, v in model.state_arrays().items():
+        assert np.array_equal(v, before[k]), k

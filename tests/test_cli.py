@@ -116,7 +116,7 @@ def test_one_epoch_on_full_data_reaches_087(tmp_path):
 def test_model_zoo_on_the_command_line(tmp_path, capsys):
     assert train.main(["--list-models"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("seed_arch", "lenet5", "keras_mnist"))
+    assert all(name in listed for name in ("seed_arch", "lenet5", "keras_mnist", "vgg_small"))
     out = tmp_path / "lenet"
     assert train.main(["--model", "lenet5", "--dataset", "sample", "--epochs", "1", "--limit",
                        "256", "--threads", "1", "--quiet", "--out", str(out)]) == 0
@@ -198,3 +198,22 @@ def test_early_stop_on_a_validation_split_then_resume(tmp_path, capsys):
     # Another patience is another run: refused.
     assert train.main(["--resume", str(ck), "--early-stop", "3"]) == 2
     assert "early_stop 2 there, 3 here" in capsys.readouterr().err
+
+
+def test_a_batchnorm_model_resumes_bit_identically_on_the_command_line(tmp_path):
+    """vgg_small (BatchNorm, Dropout) with --augment: interrupted at the end of epoch 1,
+    resumed, the same model file as uninterrupted (running statistics included)."""
+    args = ["--model", "vgg_small", "--dataset", "sample", "--limit", "192", "--epochs", "2",
+            "--augment", "--threads", "1", "--quiet"]
+    assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "fastcnn.train", *args, "--checkpoint-dir",
+                           str(tmp_path / "ck"), "--out", str(tmp_path / "part")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FASTCNN_TEST_STOP_AT": "2:0:INT"})
+    assert proc.returncode == 130, proc.stderr
+    assert train.main(["--resume", str(tmp_path / "ck"), "--quiet"]) == 0
+    full = fastcnn.load_model(tmp_path / "full" / "model.npz").state_arrays()
+    part = fastcnn.load_model(tmp_path / "part" / "model.npz").state_arrays()
+    assert any("running_var" in k for k in full)
+    for k, a in full.items():
+        assert (a == part[k]).all(), k

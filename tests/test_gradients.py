@@ -60,6 +60,21 @@ def check_layer(layer, input_shape, rng, backend):
             assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-5, abs=1e-7), name
 
 
+def check_model(model, x, y, rng, fused=frozenset()):
+    """Every parameter's gradient through the whole model against finite differences;
+    `fused`: the layers the training plan must have run fused."""
+    def loss():
+        return model.loss(model.forward(x, training=True), y)
+
+    loss()
+    assert model._fused == fused
+    model.backward(model.loss.backward())
+    grads = [g.copy() for g in model.gradients()]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        for idx in sample_indices(p, rng, k=6):
+            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("make,shape", [
     (lambda b: Conv2D(4, 3, padding="same", backend=b), (2, 7, 6)),
@@ -101,16 +116,7 @@ def test_whole_model_gradients(backend, rng):
     ], input_shape=(2, 10, 9), seed=3, dtype=np.float64)
     x = rng.standard_normal((4, 2, 10, 9))
     y = np.array([0, 3, 4, 1])
-
-    def loss():
-        return model.loss(model.forward(x, training=True), y)
-
-    loss()
-    model.backward(model.loss.backward())
-    grads = [g.copy() for g in model.gradients()]
-    for p, g in zip(model.parameters(), grads, strict=True):
-        for idx in sample_indices(p, rng, k=6):
-            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
+    check_model(model, x, y, rng)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
@@ -126,17 +132,7 @@ def test_fused_conv_pool_gradients(backend, rng):
     ], input_shape=(2, 10, 9), seed=5, dtype=np.float64)
     x = rng.standard_normal((3, 2, 10, 9))
     y = np.array([0, 3, 4])
-
-    def loss():
-        return model.loss(model.forward(x, training=True), y)
-
-    loss()
-    assert model._fused == {0, 2}
-    model.backward(model.loss.backward())
-    grads = [g.copy() for g in model.gradients()]
-    for p, g in zip(model.parameters(), grads, strict=True):
-        for idx in sample_indices(p, rng, k=6):
-            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
+    check_model(model, x, y, rng, fused={0, 2})
 
 
 def test_backends_agree_on_seed_arch_training(rng):
@@ -169,14 +165,4 @@ def test_batchnorm_model_gradients(backend, rng):
     ], input_shape=(2, 8, 7), seed=5, dtype=np.float64)
     x = rng.standard_normal((4, 2, 8, 7))
     y = np.array([0, 3, 4, 1])
-
-    def loss():
-        return model.loss(model.forward(x, training=True), y)
-
-    loss()
-    assert model._fused == {1, 6}
-    model.backward(model.loss.backward())
-    grads = [g.copy() for g in model.gradients()]
-    for p, g in zip(model.parameters(), grads, strict=True):
-        for idx in sample_indices(p, rng, k=6):
-            assert g[idx] == pytest.approx(numeric_grad(loss, p, idx), rel=1e-4, abs=1e-8)
+    check_model(model, x, y, rng, fused={1, 6})

@@ -417,3 +417,23 @@ def test_adapt_takes_uint8_images_of_the_model_shape():
         model.adapt(np.zeros((2, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match="x must have shape"):
         model.adapt(np.zeros((2, 1, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("name", sorted(fc.models.MODELS))
+def test_every_zoo_model_builds_for_other_shapes_trains_and_reloads(name, tmp_path):
+    build = fc.models.MODELS[name]
+    model = build(1, input_shape=(3, 32, 32), classes=7)
+    assert model.input_shape == (3, 32, 32) and model.output_shape == (7,)
+    assert build(1).get_config() == build(2).get_config()  # seed draws weights only
+    x, y = colour_images(64, 2)
+    x = np.repeat(np.repeat(x, 4, axis=2), 4, axis=3)  # (64, 3, 32, 32)
+    model.adapt(x)
+    before = model.evaluate(x, y)["loss"]
+    opt = fc.Adam(0.003)
+    for _ in range(8):
+        loss = model.train_step(model.prepare(x), y, opt)
+    assert np.isfinite(loss)
+    model.save(tmp_path / "m.npz")
+    loaded = fc.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.evaluate(x, y)["loss"] < before
