@@ -85,7 +85,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss) * len(idx)
+            running += loss.item() * len(idx)
         seconds = time.perf_counter() - start
         model.eval()
         with torch.inference_mode():
