@@ -86,10 +86,8 @@ class _BatchNorm(Layer):
     def _update_running(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
         m = self.momentum
         for name, value in (("running_mean", mean), ("running_var", unbiased_var)):
-            old = functional.check_array(self.buffers[name], name, 1)
-            if old.shape != (self.input_shape[0],):
-                raise ValueError(f"{type(self).__name__}.buffers[{name!r}] has shape "
-                                 f"{old.shape}, expected ({self.input_shape[0]},)")
+            old = functional.check_per_channel(self.buffers[name], name, self.input_shape[0],
+                                               None)
             self.buffers[name] = ((1 - m) * old.astype(np.float64) + m * value).astype(
                 self.dtype)
 
