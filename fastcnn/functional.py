@@ -478,7 +478,7 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float
     x = _check_channels(x, "x")
     gamma = check_per_channel(gamma, "gamma", x.shape[1], x.dtype)
     beta = check_per_channel(beta, "beta", x.shape[1], x.dtype)
-    return ops.BatchNormOp(backend, eps).forward(x, gamma, beta, relu)
+    return ops.BatchNormOp(backend).forward(x, gamma, beta, eps, relu)
 
 
 def batch_norm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -495,7 +495,7 @@ def batch_norm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     if np.any(stats[3] < 0):
         raise ValueError("running_var must not be negative")
     scale, shift = ops.batchnorm_scale_shift(*stats, eps)
-    return ops.BatchNormOp(backend, eps).inference(x, scale, shift, relu)
+    return ops.BatchNormOp(backend).inference(x, scale, shift, relu)
 
 
 def batch_norm_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, mean: np.ndarray,
@@ -517,5 +517,5 @@ def batch_norm_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, mean: np.n
     gamma = check_per_channel(gamma, "gamma", C, x.dtype)
     mean = check_per_channel(mean, "mean", C, None).astype(np.float64, copy=False)
     invstd = check_per_channel(invstd, "invstd", C, None).astype(np.float64, copy=False)
-    return ops.BatchNormOp(backend, 1.0).backward(dy, x, y, mean, invstd, gamma, relu,
-                                                  need_input_grad)
+    return ops.BatchNormOp(backend).backward(dy, x, y, mean, invstd, gamma, relu,
+                                             need_input_grad)

@@ -288,7 +288,11 @@ class Sequential:
                    input_mean=config.get("input_mean", (MEAN,)),
                    input_std=config.get("input_std", (STD,)))
 
-    def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "file") -> None:
+    def check_state_arrays(self, arrays: object, source: str = "file") -> None:
+        """Raise (naming `source` and the array) unless `arrays` holds every array of
+        `state_arrays()`, of its shape and dtype, and finite."""
+        if not isinstance(arrays, dict):
+            raise TypeError(f"{source}: the weight arrays must be a dict, got {describe(arrays)}")
         expected = self.state_arrays()
         missing = sorted(set(expected) - set(arrays))
         if missing:
@@ -302,7 +306,11 @@ class Sequential:
                                  f"the model needs {p.dtype}{list(p.shape)}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{source}: array {key!r} holds NaN or infinite values")
-        for key, p in expected.items():
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "file") -> None:
+        """Copy checked arrays (check_state_arrays) into the parameters and buffers."""
+        self.check_state_arrays(arrays, source)
+        for key, p in self.state_arrays().items():
             p[...] = arrays[key]
 
     @classmethod

@@ -232,21 +232,20 @@ class BatchNormOp:
     """Batch normalisation of (N, C) or (N, C, H, W) inputs (the kernels see (N, C, L)),
     optionally followed by a ReLU. Statistics are float64 (C,) arrays."""
 
-    __slots__ = ("impl", "eps")
+    __slots__ = ("impl",)
 
-    def __init__(self, backend: str, eps: float) -> None:
+    def __init__(self, backend: str) -> None:
         self.impl = backend_module(backend)
-        self.eps = float(eps)
 
     @staticmethod
     def _rows(a: np.ndarray) -> np.ndarray:
         return a.reshape(a.shape[0], a.shape[1], -1)
 
-    def forward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, relu: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Training: (y, mean, biased var, invstd) of the batch."""
+    def forward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                relu: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training: (y, mean, biased var, invstd = 1 / sqrt(var + eps)) of the batch."""
         y, mean, var, invstd = self.impl.batchnorm_forward(self._rows(x), gamma, beta,
-                                                           self.eps, relu)
+                                                           float(eps), relu)
         return y.astype(x.dtype, copy=False).reshape(x.shape), mean, var, invstd
 
     def inference(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray,

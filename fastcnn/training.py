@@ -272,12 +272,7 @@ def _check_best_arrays(state: FitState, early_stopping: EarlyStopping | None,
             raise ValueError("initial_state holds no best weights for early stopping "
                              "(it was saved without restore_best_weights)")
         return
-    want = model.state_arrays()
-    got = state.best_arrays
-    if not isinstance(got, dict) or sorted(got) != sorted(want) or any(
-            not isinstance(got[k], np.ndarray) or got[k].shape != a.shape
-            or got[k].dtype != a.dtype for k, a in want.items()):
-        raise ValueError("initial_state.best_arrays do not fit the model")
+    model.check_state_arrays(state.best_arrays, "initial_state.best_arrays")
 
 
 def check_fit_state(state: object, epochs: int, steps: int, optimizer: Optimizer,

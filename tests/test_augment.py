@@ -71,29 +71,14 @@ def fit(m, data, opt, **kwargs):
                  augment=fc.Augmentation(shift=3), **kwargs)
 
 
-def test_fit_with_augmentation_stops_and_resumes_bit_identically(data):
+def test_fit_augments(data):
+    """Augmented training differs from plain training (the bit-identical stop and resume
+    of augmented runs is in test_reliability)."""
     full = model()
-    history = fit(full, data, fc.Adam(0.01))
+    fit(full, data, fc.Adam(0.01))
     plain = model()
     plain.fit(*data, epochs=2, batch_size=32, optimizer=fc.Adam(0.01), seed=3, verbose=False)
-    assert not np.array_equal(full.parameters()[0], plain.parameters()[0])  # it augments
-    for stop in [(0, 3), (1, 0), (1, 11)]:
-        m, opt, seen = model(), fc.Adam(0.01), []
-
-        def hook(state, stop=stop, seen=seen):
-            if (state.epoch, state.batch) == stop:
-                seen.append(state)
-                return True
-            return None
-
-        fit(m, data, opt, on_progress=hook)
-        resumed, opt2 = model(9), fc.Adam(0.01)
-        resumed.load_state_arrays(m.state_arrays())
-        opt2.load_state(opt.state(), opt.iterations, resumed.parameters())
-        h2 = fit(resumed, data, opt2, initial_state=seen[0])
-        assert h2.batch_loss == history.batch_loss, stop
-        for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
-            assert np.array_equal(a, b), stop
+    assert not np.array_equal(full.parameters()[0], plain.parameters()[0])
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")

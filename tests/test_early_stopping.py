@@ -156,3 +156,30 @@ def test_bad_arguments_are_named(data, kwargs, exc, match):
 def test_bad_early_stopping_is_named(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fc.EarlyStopping(**kwargs)
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (lambda best: None, ValueError, "holds no best weights"),
+    (lambda best: list(best.values()), TypeError, "must be a dict"),
+    (lambda best: {k: a for k, a in best.items() if k != "0.bias"}, ValueError,
+     r"missing weight arrays \['0.bias'\]"),
+    (lambda best: {**best, "0.bias": best["0.bias"][:2]}, ValueError, "'0.bias' is float32"),
+    (lambda best: {**best, "0.bias": best["0.bias"] * np.nan}, ValueError, "NaN"),
+])
+def test_a_resumed_state_with_bad_best_weights_is_refused(data, change, exc, match):
+    """The best epoch's arrays that a resumed run would restore are checked as a loaded
+    model's are, before any training."""
+    x, y = data
+    saved = []
+    m, opt = model(), fc.Adam(0.02)
+    m.fit(x, y, epochs=2, batch_size=50, optimizer=opt, validation_split=0.25,
+          early_stopping=fc.EarlyStopping(), verbose=False,
+          on_progress=saved.append)
+    state = saved[-1]
+    assert state.best_arrays is not None
+    state.best_arrays = change(state.best_arrays)
+    opt2 = fc.Adam(0.02)
+    opt2.load_state(opt.state(), opt.iterations, m.parameters())
+    with pytest.raises(exc, match=match):
+        m.fit(x, y, epochs=2, batch_size=50, optimizer=opt2, validation_split=0.25,
+              early_stopping=fc.EarlyStopping(), verbose=False, initial_state=state)

@@ -354,17 +354,18 @@ def same_history(a: fc.History, b: fc.History) -> bool:
                ("loss", "batch_loss", "val_loss", "val_accuracy", "val_macro_f1"))
 
 
-@pytest.mark.parametrize("make_model,make_opt", [
-    (fc.seed_arch, lambda: fc.SGD(fc.CosineDecay(0.05, 12), momentum=0.9, nesterov=True)),
-    (strided_model, lambda: fc.Adam(fc.StepDecay(0.01, 5))),
-    (noisy_model, lambda: fc.SGD(0.05, momentum=0.9)),
-    (dropout_model, lambda: fc.Adam(0.01)),
-    (batchnorm_model, lambda: fc.AdamW(0.01, weight_decay=0.01)),
+@pytest.mark.parametrize("make_model,make_opt,fit_kwargs", [
+    (fc.seed_arch, lambda: fc.SGD(fc.CosineDecay(0.05, 12), momentum=0.9, nesterov=True), {}),
+    (strided_model, lambda: fc.Adam(fc.StepDecay(0.01, 5)), {}),
+    (noisy_model, lambda: fc.SGD(0.05, momentum=0.9), {}),
+    (dropout_model, lambda: fc.Adam(0.01), {}),
+    (batchnorm_model, lambda: fc.AdamW(0.01, weight_decay=0.01), {}),
+    (dropout_model, lambda: fc.Adam(0.01), {"augment": fc.Augmentation(shift=3)}),
 ], ids=["seed-arch-sgd", "strided-f64-adam", "random-layer-with-buffer", "dropout",
-        "batchnorm-adamw"])
-def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
+        "batchnorm-adamw", "augment-dropout"])
+def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, fit_kwargs, small):
     full = make_model(0)
-    history = fit(full, small, make_opt())
+    history = fit(full, small, make_opt(), **fit_kwargs)
     for stop in [(0, 1), (0, 5), (1, 0), (1, 3), (2, 0)]:
         model, opt = make_model(0), make_opt()
         seen: list[fc.model.FitState] = []
@@ -375,13 +376,13 @@ def test_fit_stop_and_resume_is_bit_identical(make_model, make_opt, small):
                 return True
             return None
 
-        fit(model, small, opt, on_progress=hook)
+        fit(model, small, opt, on_progress=hook, **fit_kwargs)
         # Resume in a fresh model and optimizer, as a new process would.
         resumed, opt2 = make_model(99), make_opt()
         resumed.load_state_arrays({k: v.copy() for k, v in model.state_arrays().items()})
         opt2.load_state({k: v.copy() for k, v in opt.state().items()}, opt.iterations,
                         resumed.parameters())
-        h2 = fit(resumed, small, opt2, initial_state=seen[0])
+        h2 = fit(resumed, small, opt2, initial_state=seen[0], **fit_kwargs)
         for a, b in zip(full.state_arrays().values(), resumed.state_arrays().values(),
                         strict=True):
             assert np.array_equal(a, b), stop

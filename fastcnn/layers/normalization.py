@@ -31,7 +31,7 @@ class _BatchNorm(Layer):
         super().__init__(backend)
         self.momentum = functional.check_real(momentum, "momentum", 0.0, 1.0)
         self.eps = functional.check_eps(eps)
-        self._op = ops.BatchNormOp(backend, self.eps)
+        self._op = ops.BatchNormOp(backend)
         self._saved = None  # (x, y, mean, invstd, relu) of the last training pass
 
     _SAVED = ("_saved",)
@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
             raise ValueError(f"{type(self).__name__} needs more than one value per channel "
                              f"in training, got input of shape {x.shape}")
         if _as_built(x, x.shape, self.dtype) and self._channels_as_built(("gamma", "beta")):
-            y, mean, var, invstd = self._op.forward(x, gamma, beta, relu)
+            y, mean, var, invstd = self._op.forward(x, gamma, beta, self.eps, relu)
         else:
             y, mean, var, invstd = functional.batch_norm(x, gamma, beta, eps=self.eps,
                                                          relu=relu, backend=self.backend)
