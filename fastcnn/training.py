@@ -273,6 +273,11 @@ def _check_best_arrays(state: FitState, early_stopping: EarlyStopping | None,
                              "(it was saved without restore_best_weights)")
         return
     model.check_state_arrays(state.best_arrays, "initial_state.best_arrays")
+    # Unlike a model file (which also holds its config), the best arrays are the model's
+    # arrays and nothing else.
+    extra = sorted(set(state.best_arrays) - set(model.state_arrays()))
+    if extra:
+        raise ValueError(f"initial_state.best_arrays: arrays the model does not have {extra}")
 
 
 def check_fit_state(state: object, epochs: int, steps: int, optimizer: Optimizer,

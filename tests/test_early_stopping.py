@@ -165,6 +165,8 @@ def test_bad_early_stopping_is_named(kwargs, exc, match):
      r"missing weight arrays \['0.bias'\]"),
     (lambda best: {**best, "0.bias": best["0.bias"][:2]}, ValueError, "'0.bias' is float32"),
     (lambda best: {**best, "0.bias": best["0.bias"] * np.nan}, ValueError, "NaN"),
+    (lambda best: {**best, "9.bias": best["0.bias"]}, ValueError,
+     r"arrays the model does not have \['9.bias'\]"),
 ])
 def test_a_resumed_state_with_bad_best_weights_is_refused(data, change, exc, match):
     """The best epoch's arrays that a resumed run would restore are checked as a loaded
