@@ -191,14 +191,16 @@ class Sequential:
             augment: Augmentation | None = None, seed: int | None = 0, verbose: bool = True,
             on_epoch_end: Callable[[int, History], None] | None = None,
             on_progress: Callable[[FitState], bool | None] | None = None,
-            initial_state: FitState | None = None) -> History:
+            initial_state: FitState | None = None, comm: object = None,
+            timeout: float | None = None) -> History:
         """Train with mini-batch gradient descent on shuffled data: `fastcnn.training.fit`,
-        which documents the arguments."""
+        which documents the arguments (``comm``: an mpi4py communicator, to train over
+        its ranks)."""
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                    validation_data=validation_data, validation_split=validation_split,
                    early_stopping=early_stopping, augment=augment, seed=seed, verbose=verbose,
                    on_epoch_end=on_epoch_end, on_progress=on_progress,
-                   initial_state=initial_state)
+                   initial_state=initial_state, comm=comm, timeout=timeout)
 
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities, (N, classes). NaN in the input gives NaN rows."""

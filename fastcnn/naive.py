@@ -13,6 +13,7 @@ import numpy as np
 from .reference import (
     _padded,
     fused_backward,
+    in_parts,
     pooled_backward,
     pooled_forward,
     pooled_forward_with_indices,
@@ -123,6 +124,8 @@ conv2d_pool_forward = pooled_forward(conv2d_forward, maxpool2d_forward)
 conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
                                                                maxpool2d_forward)
 conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)
+conv2d_backward_parts = in_parts(conv2d_backward)
+conv2d_pool_backward_parts = in_parts(conv2d_pool_backward)
 
 
 def softmax_cross_entropy(logits, labels):

@@ -80,23 +80,35 @@ class Conv2dOp:
         return y.astype(x.dtype, copy=False), indices
 
     def backward(self, x: np.ndarray, weight: np.ndarray, dy: np.ndarray,
-                 relu_output: np.ndarray | None, need_input_grad: bool) -> Grads:
+                 relu_output: np.ndarray | None, need_input_grad: bool,
+                 parts: bool = False) -> Grads:
+        """(dx or None, dw, db); with parts, dw and db are per-chunk partial sums (the
+        kernels' *_parts functions), left in the dtype they are summed in."""
         relu = relu_output is not None
-        dx, dw, db = self.impl.conv2d_backward(
-            x, weight, dy, relu_output if relu else dy, relu, *self.stride,
-            *self.geometry[:2], need_input_grad)
-        return grads_in(x.dtype, dx, dw, db)
+        backward = self.impl.conv2d_backward_parts if parts else self.impl.conv2d_backward
+        dx, dw, db = backward(x, weight, dy, relu_output if relu else dy, relu, *self.stride,
+                              *self.geometry[:2], need_input_grad)
+        return _grads(x.dtype, dx, dw, db, parts)
 
     def backward_pooled(self, x: np.ndarray, weight: np.ndarray, dy: np.ndarray,
                         relu_output: np.ndarray | None, indices: np.ndarray,
-                        pool_size: tuple[int, int], need_input_grad: bool) -> Grads:
+                        pool_size: tuple[int, int], need_input_grad: bool,
+                        parts: bool = False) -> Grads:
         """Gradients through the pool and the convolution; dy, relu_output and indices
-        are of the pooled output's shape."""
+        are of the pooled output's shape. parts as in `backward`."""
         relu = relu_output is not None
-        dx, dw, db = self.impl.conv2d_pool_backward(
-            x, weight, dy, relu_output if relu else dy, indices, relu, *self.stride,
-            *self.geometry, *pool_size, need_input_grad)
-        return grads_in(x.dtype, dx, dw, db)
+        backward = (self.impl.conv2d_pool_backward_parts if parts
+                    else self.impl.conv2d_pool_backward)
+        dx, dw, db = backward(x, weight, dy, relu_output if relu else dy, indices, relu,
+                              *self.stride, *self.geometry, *pool_size, need_input_grad)
+        return _grads(x.dtype, dx, dw, db, parts)
+
+
+def _grads(dtype: np.dtype, dx: np.ndarray | None, dw: np.ndarray, db: np.ndarray,
+           parts: bool) -> Grads:
+    if parts:
+        return (None if dx is None else dx.astype(dtype, copy=False)), dw, db
+    return grads_in(dtype, dx, dw, db)
 
 
 class MaxPool2dOp:

@@ -169,6 +169,37 @@ conv2d_pool_forward_with_indices = pooled_forward_with_indices(conv2d_forward,
 conv2d_pool_backward = pooled_backward(conv2d_backward, maxpool2d_backward)
 
 
+# Samples per partial sum of the kernels' weight gradients (kernels/_tuning.py's GRAD_CHUNK,
+# not imported from there so that the oracles load without Numba).
+GRAD_CHUNK = 8
+
+
+def in_parts(backward):
+    """The *_parts variant of a fused backward function of a module: the weight and bias
+    gradients of each chunk of GRAD_CHUNK samples, stacked, computed chunk by chunk."""
+
+    def backward_parts(x, weight, dy, y, *args):
+        *rest, need_input_grad = args
+        chunks = [backward(x[i:i + GRAD_CHUNK], weight, dy[i:i + GRAD_CHUNK],
+                           y[i:i + GRAD_CHUNK], *_chunk_args(rest, i), need_input_grad)
+                  for i in range(0, len(x), GRAD_CHUNK)]
+        dx = np.concatenate([c[0] for c in chunks]) if need_input_grad else None
+        return dx, np.stack([c[1] for c in chunks]), np.stack([c[2] for c in chunks])
+
+    backward_parts.__name__ = backward.__name__ + "_parts"
+    return backward_parts
+
+
+def _chunk_args(args, i):
+    """The arguments after y, with a pooled pass's indices (the first array) cut to the
+    chunk at sample i."""
+    return [a[i:i + GRAD_CHUNK] if isinstance(a, np.ndarray) else a for a in args]
+
+
+conv2d_backward_parts = in_parts(conv2d_backward)
+conv2d_pool_backward_parts = in_parts(conv2d_pool_backward)
+
+
 def softmax_cross_entropy(logits, labels):
     """(mean loss, dlogits, index of the first label outside [0, K) or -1)."""
     z = logits.astype(np.float64)

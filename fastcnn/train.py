@@ -6,12 +6,17 @@ With --checkpoint-dir DIR the run writes DIR/checkpoint.npz at the end of every 
 the next batch boundary and exits (130 or 143). --resume DIR continues from it, and
 ends with the same weights, bit for bit, as a run that was never stopped.
 
+With --distributed, under ``mpiexec -n K``, the K processes train together over MPI
+(`fastcnn.distributed`) and end with the same weights, bit for bit, as one process; rank
+0 alone prints and writes files, and a checkpoint resumes with any K.
+
 Test-only hooks (environment variables, not a supported interface):
 FASTCNN_TEST_STOP_AT="E:B[:ACTION]" acts when the trainer has done B batches of epoch E
 (B = 0: before epoch E starts). ACTION INT or TERM (default INT) sends that signal to
 itself; KILL sends SIGKILL before that point's checkpoint is written; PAUSE writes the
 checkpoint due there, then sleeps until killed. FASTCNN_TEST_BATCH_DELAY=SECONDS sleeps
-after every batch. Together they let a test kill the trainer at a known point.
+after every batch. Together they let a test kill the trainer at a known point. With
+--distributed, FASTCNN_TEST_STOP_AT acts on the last rank only.
 """
 
 from __future__ import annotations
@@ -39,8 +44,17 @@ from .compiling import (
     compile_backward,
     compile_beside,
     compile_progress,
+    usable_cpus,
 )
 from .data import DataError, load_dataset
+from .distributed import (
+    DEFAULT_TIMEOUT,
+    DataParallel,
+    DistributedError,
+    RanksDisagree,
+    agree_max,
+    require_mpi,
+)
 from .fileio import atomic_write_text
 from .model import (
     EarlyStopping,
@@ -118,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "model.npz stores it (instead of --model)")
     p.add_argument("--list-models", action="store_true",
                    help="print the model zoo and exit")
+    p.add_argument("--distributed", action="store_true",
+                   help="train over MPI, under mpiexec -n K (needs the mpi extra): the same "
+                        "weights as one process; --threads defaults to cores / local ranks")
+    p.add_argument("--mpi-timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"with --distributed: how long a rank waits for the others before "
+                        f"giving up with an error ({DEFAULT_TIMEOUT:g})")
     return p
 
 
@@ -292,9 +312,38 @@ def _test_hooks() -> tuple[tuple[int, int, int] | None, float]:
                        f"{delay!r}") from None
 
 
-def _resume_command(directory: str) -> str:
-    # Every setting and output option comes back from the checkpoint.
-    return shlex.join(["python", "-m", "fastcnn.train", "--resume", directory])
+def _silent(*args: object, **kwargs: object) -> None:
+    """`print` on the ranks other than 0."""
+
+
+def _world(args: argparse.Namespace, given: set[str]) -> object | None:
+    """MPI's world communicator with --distributed (exit 2 without mpi4py), else None."""
+    if not args.distributed:
+        if "mpi_timeout" in given:
+            raise CLIError("--mpi-timeout needs --distributed")
+        return None
+    if not (args.mpi_timeout > 0 and math.isfinite(args.mpi_timeout)):
+        raise CLIError(f"--mpi-timeout must be a positive number of seconds, got "
+                       f"{args.mpi_timeout}")
+    try:
+        return require_mpi().COMM_WORLD
+    except DistributedError as exc:
+        raise CLIError(f"--distributed: {exc}") from None
+
+
+def _threads_per_rank(comm: object) -> int:
+    """Numba threads per rank by default: this machine's cores shared by its ranks."""
+    local = comm.Split_type(require_mpi().COMM_TYPE_SHARED).Get_size()
+    return max(1, usable_cpus() // local)
+
+
+def _resume_command(directory: str, comm: object = None) -> str:
+    # Every setting and output option comes back from the checkpoint (any number of
+    # ranks, or one process, resumes a distributed run's).
+    command = ["python", "-m", "fastcnn.train", "--resume", directory]
+    if comm is not None:
+        command = ["mpiexec", "-n", str(comm.Get_size()), *command, "--distributed"]
+    return shlex.join(command)
 
 
 def _load_for_resume(args: argparse.Namespace, given: set[str]) -> ckpt.Checkpoint:
@@ -348,9 +397,14 @@ def _main(argv: list[str] | None) -> int:
     if "model_config" in given:
         args.model = None
     check_args(args, combinations=not args.resume)
+    comm = _world(args, given)
+    lead = comm is None or comm.Get_rank() == 0  # prints and writes files
     stop_at, batch_delay = _test_hooks()
+    if comm is not None and comm.Get_rank() != comm.Get_size() - 1:
+        stop_at = None
     resumed = _load_for_resume(args, given) if args.resume else None
-    threads = threads_option(args.threads)
+    threads = threads_option(args.threads if args.threads is not None or comm is None
+                             else _threads_per_rank(comm))
     model, model_name = build_model(args)
     if args.plots:
         try:  # fail now, not after a long training run
@@ -364,7 +418,7 @@ def _main(argv: list[str] | None) -> int:
         raise CLIError(f"{ckpt_file} already exists; continue that run with --resume "
                        f"{args.checkpoint_dir}, or delete it to start afresh")
     # First, before the data load: a fresh install should hear at once why it waits.
-    announced = args.backend == "numba" and announce_if_cold()
+    announced = lead and args.backend == "numba" and announce_if_cold()
     # A cold cache: a second process compiles the convolution's backward kernel (the
     # longest) meanwhile; this one compiles the rest.
     beside = compile_beside("float32", ("conv",)) if announced else None
@@ -385,7 +439,8 @@ def _main(argv: list[str] | None) -> int:
     if ckpt_file is not None:
         run_settings = {**checkpoint_settings(args), "train_size": len(x_train),
                         "train_sha256": data_fingerprint(x_train, y_train)}
-        ckpt.remove_stale_temporaries(ckpt_file.parent)
+        if lead:
+            ckpt.remove_stale_temporaries(ckpt_file.parent)
     initial_state = None
     if resumed is not None:
         model = resumed.model
@@ -408,14 +463,19 @@ def _main(argv: list[str] | None) -> int:
         compile_backward("float32", ("dense",))
         beside.wait()
 
-    with compile_progress(quiet=args.quiet, announced=announced) as compile_log:
+    if not lead:
+        comm.Barrier()  # rank 0 compiles into the cache; the others then load from it
+    with compile_progress(quiet=args.quiet or not lead, announced=announced) as compile_log:
         compile_seconds = model.warmup(optimizer, None if beside is None else before_backward)
+    if lead and comm is not None:
+        comm.Barrier()
     if beside is not None:
         compile_log.kernels.extend(beside.kernels)
-    say = print
+    say = print if lead else _silent
     say(model.summary())
     say(f"fastcnn: {model_name} on {args.dataset} ({len(x_train)} train, {len(x_test)} test), "
-        f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads, "
+        f"{args.optimizer} lr {resolved_lr(args):g}, batch {args.batch_size}, {threads} threads"
+        f"{'' if comm is None else f' x {comm.Get_size()} processes'}, "
         f"kernels ready in {compile_seconds:.2f} s")
     if initial_state is not None:
         say(f"resuming from {ckpt_file} {where(initial_state, args.epochs)}", flush=True)
@@ -432,7 +492,7 @@ def _main(argv: list[str] | None) -> int:
             f"{h.epoch_seconds[-1]:.1f} s ({h.samples_per_s[-1]:.0f} samples/s)", flush=True)
 
     saved: list[FitState] = []  # the last checkpointed state
-    stopped: list[FitState] = []
+    stopped: list[tuple[FitState, int]] = []  # where, and by which signal
 
     def on_progress(state: FitState) -> bool:
         if batch_delay:
@@ -441,9 +501,12 @@ def _main(argv: list[str] | None) -> int:
         if test_stop and stop_at[2]:
             signal.raise_signal(stop_at[2])  # runs the handler before returning
         every = args.checkpoint_every
-        due = state.batch == 0 or stopper.signum is not None or (
+        signum = stopper.signum or 0
+        if comm is not None:  # every rank stops at the same batch, if any was signalled
+            signum = agree_max(comm, signum, args.mpi_timeout)
+        due = state.batch == 0 or signum or (
             every is not None and optimizer.iterations % every == 0)
-        if ckpt_file is not None and due:
+        if ckpt_file is not None and due and lead:
             if not (ckpt.all_finite(model.parameters())
                     and ckpt.all_finite(list(optimizer.state().values()))):
                 raise TrainingDiverged(
@@ -453,8 +516,8 @@ def _main(argv: list[str] | None) -> int:
             saved[:] = [state]
         while test_stop and not stop_at[2]:
             time.sleep(1)  # PAUSE: wait to be killed
-        if stopper.signum is not None:
-            stopped.append(state)
+        if signum:
+            stopped.append((state, signum))
             return True
         return False
 
@@ -470,7 +533,16 @@ def _main(argv: list[str] | None) -> int:
                                 early_stopping=early_stopping, augment=augment,
                                 seed=args.seed,
                                 verbose=not args.quiet, on_epoch_end=report,
-                                on_progress=on_progress, initial_state=initial_state)
+                                on_progress=on_progress, initial_state=initial_state,
+                                comm=comm, timeout=args.mpi_timeout)
+    except RanksDisagree as exc:  # raised on every rank alike
+        raise CLIError(str(exc)) from None
+    except DistributedError as exc:
+        # A rank died or hangs: MPI_Abort ends every process of the job, the silent one
+        # too, after this one-line reason.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        comm.Abort(1)
+        raise
     except TrainingDiverged as exc:
         kept = ""
         if ckpt_file is not None and ckpt_file.exists():
@@ -485,11 +557,13 @@ def _main(argv: list[str] | None) -> int:
               file=sys.stderr)
         return 128 + sig.value
     if stopped:
-        sig = signal.Signals(stopper.signum)
-        state = stopped[0]
+        state, signum = stopped[0]
+        sig = signal.Signals(signum)
+        if not lead:
+            return 128 + sig.value
         if ckpt_file is not None:
             tail = (f"checkpoint saved to {ckpt_file}; resume with: "
-                    f"{_resume_command(str(args.checkpoint_dir))}")
+                    f"{_resume_command(str(args.checkpoint_dir), comm)}")
         else:
             tail = "nothing saved (run with --checkpoint-dir DIR to be able to resume)"
         print(f"interrupted by {sig.name} {where(state, args.epochs)}: {tail}", file=sys.stderr)
@@ -503,7 +577,8 @@ def _main(argv: list[str] | None) -> int:
         say(f"{how} after epoch {len(history.loss)}; kept the weights of epoch {best + 1} "
             f"({args.monitor} {value:.4f})")
     if args.val_split:  # the test set, scored once with the final (or best) weights
-        test = model.evaluate(x_test, y_test)
+        scorer = model if comm is None else DataParallel(model, comm, args.mpi_timeout)
+        test = scorer.evaluate(x_test, y_test)
     else:
         test = {"accuracy": history.val_accuracy[-1], "macro_f1": history.val_macro_f1[-1],
                 "loss": history.val_loss[-1]}
@@ -530,6 +605,8 @@ def _main(argv: list[str] | None) -> int:
             "epoch": initial_state.epoch, "batch": initial_state.batch},
         "settings": {**settings(args), "threads": threads},
     }
+    if not lead:
+        return 0
     if args.out:
         out = Path(args.out)
         model.save(out / "model.npz")

@@ -3,17 +3,19 @@ the `FitState` it can stop at and resume from bit-identically."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .augment import Augmentation
 from .data import batches
+from .distributed import DEFAULT_TIMEOUT, DataParallel
 from .optim import SGD, Optimizer
 from .threads import one_blas_thread
 from .validation import check_bool, check_int, check_real, describe
@@ -130,7 +132,8 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         seed: int | None = 0,
         verbose: bool = True, on_epoch_end: Callable[[int, History], None] | None = None,
         on_progress: Callable[[FitState], bool | None] | None = None,
-        initial_state: FitState | None = None) -> History:
+        initial_state: FitState | None = None, comm: Any = None,
+        timeout: float | None = None) -> History:
     """Train with mini-batch gradient descent on shuffled data.
 
     ``on_progress(state)`` runs at every point training can stop and later resume
@@ -145,6 +148,13 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     ends training when its metric stops improving. ``augment`` (an `Augmentation`)
     randomly shifts and flips each batch of uint8 training images, drawing from the
     layers' generator (so a resumed run draws the same).
+
+    ``comm`` (an mpi4py communicator) trains on all its ranks together, each rank with
+    the whole data and its own copy of the model, which ends with the same weights, bit
+    for bit, as one process would (`fastcnn.distributed`); only rank 0 shows progress.
+    Every rank must make the same call; ``on_progress`` stops training if it returns True
+    on any rank. ``timeout``: seconds a rank waits for the others in one exchange before
+    raising `DistributedError` (default 300).
     """
     epochs = check_int(epochs, "epochs", 1, None)
     batch_size = check_int(batch_size, "batch_size", 1, None)
@@ -184,6 +194,12 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
         model._check_labelled(*validation_data, "validation x", "validation y")
     n = len(x)
     steps = math.ceil(n / batch_size)
+    dp = None
+    if comm is not None:
+        dp = DataParallel(model, comm, DEFAULT_TIMEOUT if timeout is None else timeout)
+        dp.check_same(_fit_fingerprint(model, x, y, validation_data, optimizer, epochs,
+                                       batch_size, augment, seed, initial_state))
+        verbose = verbose and dp.rank == 0
     if initial_state is None:
         rng = np.random.default_rng(seed)
         layer_rng = layer_generator(seed)
@@ -219,7 +235,11 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                     xb = x[idx]
                     if augment is not None:
                         xb = augment.apply(xb.reshape(len(idx), *model.input_shape), layer_rng)
-                    loss = model.train_step(model.prepare(xb), y[idx], optimizer, layer_rng)
+                    if dp is None:
+                        loss = model.train_step(model.prepare(xb), y[idx], optimizer,
+                                                layer_rng)
+                    else:
+                        loss = dp.train_step(xb, y[idx], optimizer, layer_rng)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}/{steps}; "
@@ -229,10 +249,10 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                     bar.update(len(idx))
                     if b % 20 == 0:
                         bar.set_postfix(loss=f"{total / (bar.n or 1):.4f}")
-                    if on_progress is not None and on_progress(FitState(
+                    if on_progress is not None and _agree(dp, on_progress(FitState(
                             epoch, b + 1, steps, epoch_rng, total,
                             before + time.perf_counter() - start, history,
-                            layer_rng.bit_generator.state, best_arrays)):
+                            layer_rng.bit_generator.state, best_arrays))):
                         return history
             finally:
                 bar.close()
@@ -241,7 +261,7 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
             history.epoch_seconds.append(seconds)
             history.samples_per_s.append(n / seconds)
             if validation_data is not None:
-                scores = model.evaluate(*validation_data)
+                scores = (model if dp is None else dp).evaluate(*validation_data)
                 history.val_loss.append(scores["loss"])
                 history.val_accuracy.append(scores["accuracy"])
                 history.val_macro_f1.append(scores["macro_f1"])
@@ -251,15 +271,48 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                 stopped = early_stopping.should_stop(history)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
-            if on_progress is not None and on_progress(FitState(
+            if on_progress is not None and _agree(dp, on_progress(FitState(
                     epoch + 1, 0, steps, rng.bit_generator.state, 0.0, 0.0, history,
-                    layer_rng.bit_generator.state, best_arrays)):
+                    layer_rng.bit_generator.state, best_arrays))):
                 return history
             if stopped:
                 break
     if best_arrays is not None:
         model.load_state_arrays(best_arrays, "the best epoch's weights")
     return history
+
+
+def _agree(dp: DataParallel | None, stop: bool | None) -> bool:
+    """on_progress's answer; over MPI, True on every rank if it is on any."""
+    return bool(stop) if dp is None else dp.any(bool(stop))
+
+
+def _fit_fingerprint(model: Sequential, x: np.ndarray, y: np.ndarray,
+                     validation_data: tuple | None, optimizer: Optimizer, epochs: int,
+                     batch_size: int, augment: Augmentation | None, seed: int | None,
+                     initial_state: FitState | None) -> dict:
+    """What every rank of a distributed fit must agree on (compared by hash)."""
+    items = {"the model's architecture": json.dumps(model.get_config(), sort_keys=True),
+             "the weights": b"".join(a.tobytes() for a in model.state_arrays().values()),
+             "the training images": x, "the training labels": y,
+             "the optimizer": _optimizer_fingerprint(optimizer),
+             "epochs, batch size, augmentation or seed": repr(
+                 (epochs, batch_size, augment, seed)),
+             "the point resumed from": repr(None if initial_state is None else (
+                 initial_state.epoch, initial_state.batch, initial_state.rng_state))}
+    if validation_data is not None:
+        items["the validation data"] = b"".join(
+            np.ascontiguousarray(a).tobytes() for a in validation_data)
+    return items
+
+
+def _optimizer_fingerprint(optimizer: Optimizer) -> bytes:
+    """The optimizer's type, settings (schedules by their config) and state, as bytes."""
+    settings = {k: v.get_config() if hasattr(v, "get_config") else repr(v)
+                for k, v in sorted(vars(optimizer).items()) if not isinstance(v, dict)}
+    state = optimizer.state()
+    return (json.dumps([type(optimizer).__name__, settings, sorted(state)]).encode()
+            + b"".join(state[k].tobytes() for k in sorted(state)))
 
 
 def _check_best_arrays(state: FitState, early_stopping: EarlyStopping | None,

@@ -16,11 +16,14 @@ from .batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_inferenc
 from .conv import (
     conv2d_backward,
     conv2d_backward_input,
+    conv2d_backward_parts,
     conv2d_backward_weight,
     conv2d_forward,
     conv2d_pool_backward,
+    conv2d_pool_backward_parts,
     conv2d_pool_forward,
     conv2d_pool_forward_with_indices,
+    sum_parts,
 )
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_apply
@@ -32,6 +35,9 @@ __all__ = [
     "conv2d_pool_forward",
     "conv2d_pool_forward_with_indices",
     "conv2d_pool_backward",
+    "conv2d_pool_backward_parts",
+    "conv2d_backward_parts",
+    "sum_parts",
     "conv2d_backward",
     "conv2d_backward_input",
     "conv2d_backward_weight",

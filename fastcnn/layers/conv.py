@@ -39,6 +39,9 @@ class Conv2D(Layer):
         # What backward needs: the input, and the output (unfused) or, after a fused
         # training pass, (pool size, pooled output, indices).
         self._x = self._y = self._pooled = None
+        # Set by distributed training (`fastcnn.distributed`): backward then leaves in
+        # `grads` the weight and bias gradients of each chunk of samples, unsummed.
+        self.grad_parts = False
 
     _SAVED = ("_x", "_y", "_pooled", "_post_saved")
 
@@ -143,8 +146,9 @@ class Conv2D(Layer):
         relu_output = self._y if self.activation == "relu" else None
         if self._backward_is_as_built(dy, need_input_grad):
             dx, dw, db = self._op.backward(self._x, self.params["weight"], dy, relu_output,
-                                           need_input_grad)
+                                           need_input_grad, self.grad_parts)
         else:
+            self._refuse_parts()
             dx, dw, db = functional.conv2d_backward(
                 self._x, self.params["weight"], dy, self.stride, self.padding,
                 relu_output=relu_output, need_input_grad=need_input_grad, backend=self.backend)
@@ -162,14 +166,20 @@ class Conv2D(Layer):
             # indices come from this layer's own forward kernel: each lies in its window.
             dx, dw, db = self._op.backward_pooled(self._x, self.params["weight"], dy,
                                                   relu_output, indices, pool_size,
-                                                  need_input_grad)
+                                                  need_input_grad, self.grad_parts)
         else:
+            self._refuse_parts()
             dx, dw, db = functional.conv2d_max_pool2d_backward(
                 self._x, self.params["weight"], dy, indices, self.stride, self.padding,
                 pool_size, relu_output=relu_output, need_input_grad=need_input_grad,
                 backend=self.backend)
         self.grads = {"weight": dw, "bias": db}
         return dx
+
+    def _refuse_parts(self) -> None:
+        if self.grad_parts:
+            raise RuntimeError("Conv2D: per-chunk gradients need the layer's arrays as built "
+                               "(C-contiguous, its dtype, its parameters not replaced)")
 
     def get_config(self):
         return {"filters": self.filters, "kernel_size": list(self.kernel_size),

@@ -115,8 +115,9 @@ def _flipped(weight):
 
 
 def _backward_s1(x, weight, dy, mask, relu, indices, pool_h, pool_w, in_h, in_w, pad_top,
-                 pad_left, out_h, out_w, need_weight_grad, need_input_grad):
-    """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype."""
+                 pad_left, out_h, out_w, need_weight_grad, need_input_grad, parts):
+    """The stride-1 kernel with its geometry; returns (dx or None, dw, db) in dy's dtype,
+    or with parts (dx or None, dw_parts, db_parts), the parts in float64."""
     _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(in_h, in_w, out_h, out_w, KH, KW, pad_top, pad_left)
     # Only the input gradient reads the (flipped) weight; otherwise just its shape.
@@ -124,13 +125,37 @@ def _backward_s1(x, weight, dy, mask, relu, indices, pool_h, pool_w, in_h, in_w,
     F, C = weight.shape[:2]
     groups = _groups(len(dy), GRAD_CHUNK, max(-(-F // DOT_FILTERS), -(-C // 3)),
                      F * C * KH * KW * out_h * out_w * (need_weight_grad + need_input_grad))
-    dx, dw, db = conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, flipped, in_h,
-                                     in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad,
-                                     need_input_grad, DOT_FILTERS, groups)
-    return (dx if need_input_grad else None), dw.astype(dy.dtype), db.astype(dy.dtype)
+    dx, dw_parts, db_parts, dw, db = conv2d_backward_s1(
+        x, dy, mask, relu, indices, pool_h, pool_w, flipped, in_h, in_w, pad_top, pad_left, Hp,
+        Wp, out_h, need_weight_grad, need_input_grad, DOT_FILTERS, groups)
+    dx = dx if need_input_grad else None
+    if parts:
+        return dx, dw_parts, db_parts
+    return dx, dw.astype(dy.dtype), db.astype(dy.dtype)
 
 
 _NO_INDICES = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
+
+
+def _backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, need_input_grad,
+              parts):
+    """conv2d_backward, or with parts conv2d_backward_parts."""
+    _, _, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    if stride_h != 1 or stride_w != 1:
+        if relu:
+            dy = relu_mask(dy, y)
+        dx = None
+        if need_input_grad:
+            dx = conv2d_backward_input(dy, weight, H, W, stride_h, stride_w, pad_top, pad_left)
+        dw_parts, db_parts = conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top,
+                                                    pad_left)
+        if parts:
+            return dx, dw_parts, db_parts
+        return dx, sum_parts(dw_parts).astype(x.dtype), sum_parts(db_parts).astype(x.dtype)
+    _, _, OH, OW = dy.shape
+    return _backward_s1(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
+                        OW, True, need_input_grad, parts)
 
 
 def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, need_input_grad):
@@ -140,19 +165,31 @@ def conv2d_backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_lef
     fused conv + ReLU output and dy is first zeroed where y <= 0. Returns
     (dx: (N, C, H, W) or None when not need_input_grad, dw: (F, C, KH, KW), db: (F,)).
     """
+    return _backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
+                     need_input_grad, False)
+
+
+def conv2d_backward_parts(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
+                          need_input_grad):
+    """conv2d_backward with the weight and bias gradients of each chunk of GRAD_CHUNK
+    samples apart: (dx or None, dw_parts: (chunks, F, C, KH, KW), db_parts: (chunks, F)),
+    in float64. `sum_parts` of each, cast to dy's dtype,
+    is conv2d_backward's dw and db, bit for bit; the parts of consecutive batches, stacked,
+    sum to the gradient of the whole (what distributed training relies on)."""
+    return _backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
+                     need_input_grad, True)
+
+
+def _pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top, pad_left,
+                   out_h, out_w, pool_h, pool_w, need_input_grad, parts):
+    """conv2d_pool_backward, or with parts conv2d_pool_backward_parts."""
     _, _, H, W = x.shape
-    _, _, KH, KW = weight.shape
     if stride_h != 1 or stride_w != 1:
-        if relu:
-            dy = relu_mask(dy, y)
-        dx = None
-        if need_input_grad:
-            dx = conv2d_backward_input(dy, weight, H, W, stride_h, stride_w, pad_top, pad_left)
-        dw, db = conv2d_backward_weight(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
-        return dx, dw, db
-    _, _, OH, OW = dy.shape
-    return _backward_s1(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
-                        OW, True, need_input_grad)
+        full = unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w)
+        return _backward(x, weight, full, full, False, stride_h, stride_w, pad_top, pad_left,
+                         need_input_grad, parts)
+    return _backward_s1(x, weight, dy, y, relu, indices, pool_h, pool_w, H, W, pad_top,
+                        pad_left, out_h, out_w, True, need_input_grad, parts)
 
 
 def conv2d_pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top, pad_left,
@@ -165,13 +202,16 @@ def conv2d_pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pa
     indices (each < pool_h * pool_w). With relu, the gradient reaches each maximum only
     where y > 0. Returns (dx or None, dw, db) as conv2d_backward does.
     """
-    _, _, H, W = x.shape
-    if stride_h != 1 or stride_w != 1:
-        full = unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w)
-        return conv2d_backward(x, weight, full, full, False, stride_h, stride_w, pad_top,
-                               pad_left, need_input_grad)
-    return _backward_s1(x, weight, dy, y, relu, indices, pool_h, pool_w, H, W, pad_top,
-                        pad_left, out_h, out_w, True, need_input_grad)
+    return _pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
+                          pad_left, out_h, out_w, pool_h, pool_w, need_input_grad, False)
+
+
+def conv2d_pool_backward_parts(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
+                               pad_left, out_h, out_w, pool_h, pool_w, need_input_grad):
+    """conv2d_pool_backward with per-chunk weight and bias gradients, as
+    conv2d_backward_parts returns them."""
+    return _pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
+                          pad_left, out_h, out_w, pool_h, pool_w, need_input_grad, True)
 
 
 def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, pad_left):
@@ -184,7 +224,7 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
                                               pad_top, pad_left)
     _, _, OH, OW = dy.shape
     return _backward_s1(dy, weight, dy, dy, False, _NO_INDICES, 1, 1, in_h, in_w, pad_top,
-                        pad_left, OH, OW, False, True)[0]
+                        pad_left, OH, OW, False, True, False)[0]
 
 
 def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left):
@@ -196,10 +236,10 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
         dw_parts, db_parts = conv2d_weight_partials(
             x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
         )
-        return sum_parts(dw_parts), sum_parts(db_parts)
+        return sum_parts(dw_parts).astype(x.dtype), sum_parts(db_parts).astype(x.dtype)
     _, C, H, W = x.shape
     _, F, OH, OW = dy.shape
     # The kernel reads only the weight's shape on this path.
     shape = np.empty((F, C, kernel_h, kernel_w), dtype=x.dtype)
     return _backward_s1(x, shape, dy, dy, False, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
-                        OW, True, False)[1:]
+                        OW, True, False, False)[1:]

@@ -199,8 +199,11 @@ def conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, weight_flippe
     pool's backward pass, fused into the same copy. x: (N, C, in_h, in_w), read only when
     need_weight_grad (pass dy otherwise).
     weight_flipped: weight[:, :, :, ::-1] (F, C, KH, KW), contiguous, read only when
-    need_input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not need_input_grad), dw:
-    (F, C, KH, KW) and db: (F,), both float64 and zero when not need_weight_grad.
+    need_input_grad. Returns dx: (N, C, in_h, in_w) (size 0 when not need_input_grad);
+    dw_parts: (chunks, F, C, KH, KW) and db_parts: (chunks, F), the weight and bias
+    gradients of each chunk; and dw: (F, C, KH, KW) and db: (F,), their sums in chunk order
+    (`sum_parts`, which training spread over processes applies to the parts of a whole
+    batch); all float64 and zero when not need_weight_grad.
 
     dot_filters (1 to 3): filters per pass of the weight gradient (`_tuning.DOT_FILTERS`).
     groups (>= 1): tasks per chunk, which share its passes and channel triples out.
@@ -218,5 +221,5 @@ def conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, weight_flippe
         _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h,
                           in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
                           dot_filters, dx, dw_parts, db_parts, i // groups, i % groups, groups)
-    return dx, sum_parts(dw_parts), sum_parts(db_parts)
+    return dx, dw_parts, db_parts, sum_parts(dw_parts), sum_parts(db_parts)
 

@@ -118,7 +118,8 @@ def conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w, pa
 
 @jit(parallel=True, fastmath=FASTMATH)
 def conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left):
-    """Any stride: per-chunk partial sums of the weight and bias gradients.
+    """Any stride: per-chunk partial sums of the weight and bias gradients, in float64 (as
+    the stride-1 kernel's), so that they add up the same way on every path.
 
     Returns (dw_parts: (chunks, F, C, KH, KW), db_parts: (chunks, F)).
     """
@@ -128,8 +129,8 @@ def conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left)
     Wp = _padded_extent(W, pad_left, OW, stride_w, KW)
     span = (OW - 1) * stride_w + 1
     chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
-    dw_parts = np.zeros((chunks, F, C, KH, KW), dtype=x.dtype)
-    db_parts = np.zeros((chunks, F), dtype=x.dtype)
+    dw_parts = np.zeros((chunks, F, C, KH, KW))
+    db_parts = np.zeros((chunks, F))
     for k in prange(chunks):
         xp = np.zeros((C, Hp, Wp), dtype=x.dtype)
         dw = dw_parts[k]
