@@ -27,6 +27,7 @@ answering makes the others raise `DistributedError`, rather than hang.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,14 +35,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import metrics
-from .kernels import sum_parts
-from .kernels._tuning import GRAD_CHUNK
 from .layers import Conv2D, Dropout, Layer
 from .losses import softmax
+from .ops import GRAD_CHUNK, sum_parts
+from .validation import check_int
 
 if TYPE_CHECKING:
+    from .augment import Augmentation
     from .model import Sequential
     from .optim import Optimizer
+    from .training import EarlyStopping, FitState
 
 DEFAULT_TIMEOUT = 300.0
 SPIN_SECONDS = 0.05  # how long `wait` polls without pausing
@@ -72,8 +75,9 @@ def wait(request: Any, timeout: float, rank: int, what: str) -> None:
 
     MPI moves a non-blocking collective on only inside calls such as Test, one round of
     its algorithm at a time, so the first SPIN_SECONDS poll without pause (sleeping
-    between polls made an exchange of 370 kB take 4-5 ms instead of 0.2); then pauses
-    grow to 1 ms, for waits that are long anyway (a slower rank, a hang)."""
+    between polls made SEED-ARCH's exchange of 370 kB take 4-5 ms instead of 0.08:
+    bench/README.md); then pauses grow to 1 ms, for waits that are long anyway (a slower
+    rank, a hang)."""
     start = time.monotonic()
     deadline = start + timeout
     pause = 1e-5
@@ -218,6 +222,12 @@ class DataParallel:
         """`Sequential.train_step` on the whole batch (raw images x, labels y), with the
         work shared out; returns the batch loss, the same on every rank."""
         model, plan, cut = self.model, self.model._plans[True], self.cut[True]
+        rng = model._rng if rng is None else rng
+        # Checked on every rank, so that none raises alone and leaves the others waiting.
+        for conv in self.convs:
+            if not conv.params_as_built():
+                raise DistributedError(f"{conv!r}: distributed training needs its weight and "
+                                       "bias as built (C-contiguous, its dtype, not replaced)")
         for conv in self.convs:
             conv.grad_parts = True
         try:
@@ -266,6 +276,7 @@ class DataParallel:
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """`Sequential.predict`, the work shared out; the same on every rank."""
         model = self.model
+        batch_size = check_int(batch_size, "batch_size", 1, None)
         model._check_classifier()
         model._check_images(x, "x")
         out = [softmax(self._forward(x[i:i + batch_size], False, None, 1))
@@ -276,3 +287,54 @@ class DataParallel:
         """`Sequential.evaluate`, the work shared out; the same on every rank."""
         y = self.model._check_labelled(x, y, "x", "y")
         return metrics.scores(y, self.predict(x, batch_size))
+
+
+def fit_fingerprint(model: Sequential, x: np.ndarray, y: np.ndarray,
+                    validation_data: tuple | None, optimizer: Optimizer, *, epochs: int,
+                    batch_size: int, augment: Augmentation | None, seed: int | None,
+                    early_stopping: EarlyStopping | None, on_progress: bool,
+                    initial_state: FitState | None) -> dict[str, bytes | str | np.ndarray]:
+    """What every rank of a distributed fit must agree on, for `check_same`: anything that
+    changes the result or which exchanges a rank makes, and the machine code's CPU and
+    versions (bits agree only on the same CPU and versions: README, *Reliability*)."""
+    import llvmlite
+    import llvmlite.binding as llvm
+    import numba
+
+    from . import __version__
+
+    validation = b"" if validation_data is None else b"".join(
+        np.ascontiguousarray(a).tobytes() for a in validation_data)
+    return {
+        "the model's architecture": json.dumps(model.get_config(), sort_keys=True)
+        + repr([layer.backend for layer in model.layers]),
+        "the weights": b"".join(a.tobytes() for a in model.state_arrays().values()),
+        "the training images": x, "the training labels": y,
+        "the validation data": validation,
+        "the optimizer": _optimizer_fingerprint(optimizer),
+        "epochs, batch size, augmentation, seed, early stopping or on_progress": repr(
+            (epochs, batch_size, augment, seed, early_stopping, on_progress)),
+        "the point resumed from": repr(None if initial_state is None else (
+            initial_state.epoch, initial_state.batch, initial_state.rng_state)),
+        "the CPU or the versions of fastcnn, NumPy, Numba, llvmlite": repr((
+            llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), __version__,
+            np.__version__, numba.__version__, llvmlite.__version__)),
+    }
+
+
+def _optimizer_fingerprint(optimizer: Optimizer) -> bytes:
+    """The optimizer's type, settings and state, as bytes. A schedule counts by its config,
+    or, without one, by its name and rates at a few steps (its repr may hold an address)."""
+    def setting(value: object) -> object:
+        if hasattr(value, "get_config"):
+            return value.get_config()
+        if callable(value):
+            return [getattr(value, "__qualname__", type(value).__qualname__),
+                    *(float(value(step)) for step in (0, 1, 10, 100, 1000, 10000))]
+        return repr(value)
+
+    settings = {k: setting(v) for k, v in sorted(vars(optimizer).items())
+                if not isinstance(v, dict)}
+    state = optimizer.state()
+    return (json.dumps([type(optimizer).__name__, settings, sorted(state)]).encode()
+            + b"".join(state[k].tobytes() for k in sorted(state)))

@@ -15,9 +15,15 @@ from types import ModuleType
 import numpy as np
 
 from . import kernels, reference
+from .kernels import _tuning as kernels_tuning
 from .validation import describe
 
 BACKENDS = ("numba", "numpy")
+# Samples per partial sum of the convolutions' weight gradients, and the kernel that adds
+# such parts in order (distributed training adds the parts of a batch's chunks from all
+# ranks with it).
+GRAD_CHUNK = kernels_tuning.GRAD_CHUNK
+sum_parts = kernels.sum_parts
 
 
 def backend_module(backend: str) -> ModuleType:

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,7 @@ from .distributed import (
     RanksDisagree,
     agree_max,
     require_mpi,
+    wait,
 )
 from .fileio import atomic_write_text
 from .model import (
@@ -316,7 +318,7 @@ def _silent(*args: object, **kwargs: object) -> None:
     """`print` on the ranks other than 0."""
 
 
-def _world(args: argparse.Namespace, given: set[str]) -> object | None:
+def _world(args: argparse.Namespace, given: set[str]) -> Any:
     """MPI's world communicator with --distributed (exit 2 without mpi4py), else None."""
     if not args.distributed:
         if "mpi_timeout" in given:
@@ -331,13 +333,17 @@ def _world(args: argparse.Namespace, given: set[str]) -> object | None:
         raise CLIError(f"--distributed: {exc}") from None
 
 
-def _threads_per_rank(comm: object) -> int:
+def _threads_per_rank(comm: Any) -> int:
     """Numba threads per rank by default: this machine's cores shared by its ranks."""
     local = comm.Split_type(require_mpi().COMM_TYPE_SHARED).Get_size()
     return max(1, usable_cpus() // local)
 
 
-def _resume_command(directory: str, comm: object = None) -> str:
+# How long the other ranks wait for rank 0 to compile the kernels into a cold cache.
+COMPILE_TIMEOUT = 1800.0
+
+
+def _resume_command(directory: str, comm: Any = None) -> str:
     # Every setting and output option comes back from the checkpoint (any number of
     # ranks, or one process, resumes a distributed run's).
     command = ["python", "-m", "fastcnn.train", "--resume", directory]
@@ -398,13 +404,34 @@ def _main(argv: list[str] | None) -> int:
         args.model = None
     check_args(args, combinations=not args.resume)
     comm = _world(args, given)
+    if comm is None:
+        return _train(args, given, None)
+    # An error on some ranks only would leave the others waiting in an exchange: whatever
+    # ends a rank ends the whole job (MPI_Abort), after its one-line reason.
+    try:
+        return _train(args, given, comm)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = exc.code
+    except BaseException as exc:
+        print(f"error: rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        code = 1
+    comm.Abort(code)
+    return code  # not reached: Abort ends the process
+
+
+def _train(args: argparse.Namespace, given: set[str], comm: Any) -> int:
+    """The training run, after the command line is checked (comm: MPI's world, or None)."""
     lead = comm is None or comm.Get_rank() == 0  # prints and writes files
     stop_at, batch_delay = _test_hooks()
     if comm is not None and comm.Get_rank() != comm.Get_size() - 1:
         stop_at = None
     resumed = _load_for_resume(args, given) if args.resume else None
+    if comm is not None:
+        per_rank = _threads_per_rank(comm)  # collective: every rank calls it
     threads = threads_option(args.threads if args.threads is not None or comm is None
-                             else _threads_per_rank(comm))
+                             else per_rank)
     model, model_name = build_model(args)
     if args.plots:
         try:  # fail now, not after a long training run
@@ -463,12 +490,13 @@ def _main(argv: list[str] | None) -> int:
         compile_backward("float32", ("dense",))
         beside.wait()
 
-    if not lead:
-        comm.Barrier()  # rank 0 compiles into the cache; the others then load from it
+    if not lead:  # rank 0 compiles into the cache; the others then load from it
+        wait(comm.Ibarrier(), max(args.mpi_timeout, COMPILE_TIMEOUT), comm.Get_rank(),
+             "waiting for rank 0 to compile the kernels")
     with compile_progress(quiet=args.quiet or not lead, announced=announced) as compile_log:
         compile_seconds = model.warmup(optimizer, None if beside is None else before_backward)
     if lead and comm is not None:
-        comm.Barrier()
+        wait(comm.Ibarrier(), args.mpi_timeout, 0, "after compiling the kernels")
     if beside is not None:
         compile_log.kernels.extend(beside.kernels)
     say = print if lead else _silent
@@ -506,13 +534,15 @@ def _main(argv: list[str] | None) -> int:
             signum = agree_max(comm, signum, args.mpi_timeout)
         due = state.batch == 0 or signum or (
             every is not None and optimizer.iterations % every == 0)
-        if ckpt_file is not None and due and lead:
+        if ckpt_file is not None and due:
+            # Every rank checks (their weights are the same), so all stop together.
             if not (ckpt.all_finite(model.parameters())
                     and ckpt.all_finite(list(optimizer.state().values()))):
                 raise TrainingDiverged(
                     f"weights became NaN or infinite {where(state, args.epochs)}; "
                     f"try a lower learning rate (now {optimizer.lr:g})")
-            ckpt.save_checkpoint(ckpt_file, model, optimizer, state, run_settings)
+            if lead:
+                ckpt.save_checkpoint(ckpt_file, model, optimizer, state, run_settings)
             saved[:] = [state]
         while test_stop and not stop_at[2]:
             time.sleep(1)  # PAUSE: wait to be killed
@@ -534,15 +564,12 @@ def _main(argv: list[str] | None) -> int:
                                 seed=args.seed,
                                 verbose=not args.quiet, on_epoch_end=report,
                                 on_progress=on_progress, initial_state=initial_state,
-                                comm=comm, timeout=args.mpi_timeout)
-    except RanksDisagree as exc:  # raised on every rank alike
+                                comm=comm,
+                                timeout=None if comm is None else args.mpi_timeout)
+    except RanksDisagree as exc:
         raise CLIError(str(exc)) from None
-    except DistributedError as exc:
-        # A rank died or hangs: MPI_Abort ends every process of the job, the silent one
-        # too, after this one-line reason.
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        comm.Abort(1)
-        raise
+    except DistributedError as exc:  # a rank died or hangs: _main ends the job
+        raise CLIError(str(exc), code=1) from None
     except TrainingDiverged as exc:
         kept = ""
         if ckpt_file is not None and ckpt_file.exists():

@@ -3,7 +3,6 @@ the `FitState` it can stop at and resume from bit-identically."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .augment import Augmentation
 from .data import batches
-from .distributed import DEFAULT_TIMEOUT, DataParallel
+from .distributed import DEFAULT_TIMEOUT, DataParallel, fit_fingerprint
 from .optim import SGD, Optimizer
 from .threads import one_blas_thread
 from .validation import check_bool, check_int, check_real, describe
@@ -192,13 +191,17 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
             raise TypeError("validation_data must be a pair (x, y), got "
                             f"{describe(validation_data)}")
         model._check_labelled(*validation_data, "validation x", "validation y")
+    if timeout is not None and comm is None:
+        raise ValueError("timeout is for distributed training: give comm too")
     n = len(x)
     steps = math.ceil(n / batch_size)
     dp = None
     if comm is not None:
         dp = DataParallel(model, comm, DEFAULT_TIMEOUT if timeout is None else timeout)
-        dp.check_same(_fit_fingerprint(model, x, y, validation_data, optimizer, epochs,
-                                       batch_size, augment, seed, initial_state))
+        dp.check_same(fit_fingerprint(
+            model, x, y, validation_data, optimizer, epochs=epochs, batch_size=batch_size,
+            augment=augment, seed=seed, early_stopping=early_stopping,
+            on_progress=on_progress is not None, initial_state=initial_state))
         verbose = verbose and dp.rank == 0
     if initial_state is None:
         rng = np.random.default_rng(seed)
@@ -265,6 +268,8 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                 history.val_loss.append(scores["loss"])
                 history.val_accuracy.append(scores["accuracy"])
                 history.val_macro_f1.append(scores["macro_f1"])
+            if dp is not None:  # replicas that drifted apart (other CPUs or versions)
+                dp.check_same({f"the weights after epoch {epoch + 1}": _weights(model)})
             if early_stopping is not None:
                 if keep_best and early_stopping.best_epoch(history) == epoch:
                     best_arrays = {k: a.copy() for k, a in model.state_arrays().items()}
@@ -282,37 +287,13 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     return history
 
 
+def _weights(model: Sequential) -> bytes:
+    return b"".join(a.tobytes() for a in model.state_arrays().values())
+
+
 def _agree(dp: DataParallel | None, stop: bool | None) -> bool:
     """on_progress's answer; over MPI, True on every rank if it is on any."""
     return bool(stop) if dp is None else dp.any(bool(stop))
-
-
-def _fit_fingerprint(model: Sequential, x: np.ndarray, y: np.ndarray,
-                     validation_data: tuple | None, optimizer: Optimizer, epochs: int,
-                     batch_size: int, augment: Augmentation | None, seed: int | None,
-                     initial_state: FitState | None) -> dict:
-    """What every rank of a distributed fit must agree on (compared by hash)."""
-    items = {"the model's architecture": json.dumps(model.get_config(), sort_keys=True),
-             "the weights": b"".join(a.tobytes() for a in model.state_arrays().values()),
-             "the training images": x, "the training labels": y,
-             "the optimizer": _optimizer_fingerprint(optimizer),
-             "epochs, batch size, augmentation or seed": repr(
-                 (epochs, batch_size, augment, seed)),
-             "the point resumed from": repr(None if initial_state is None else (
-                 initial_state.epoch, initial_state.batch, initial_state.rng_state))}
-    if validation_data is not None:
-        items["the validation data"] = b"".join(
-            np.ascontiguousarray(a).tobytes() for a in validation_data)
-    return items
-
-
-def _optimizer_fingerprint(optimizer: Optimizer) -> bytes:
-    """The optimizer's type, settings (schedules by their config) and state, as bytes."""
-    settings = {k: v.get_config() if hasattr(v, "get_config") else repr(v)
-                for k, v in sorted(vars(optimizer).items()) if not isinstance(v, dict)}
-    state = optimizer.state()
-    return (json.dumps([type(optimizer).__name__, settings, sorted(state)]).encode()
-            + b"".join(state[k].tobytes() for k in sorted(state)))
 
 
 def _check_best_arrays(state: FitState, early_stopping: EarlyStopping | None,

@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastcnn as fc
-from fastcnn import distributed, kernels, reference
+from fastcnn import distributed, kernels, naive, reference
 from fastcnn.data import load_dataset
 from fastcnn.kernels._tuning import GRAD_CHUNK
 from fastcnn.models import MODELS
@@ -54,6 +54,23 @@ CONFIG = {"input_shape": [1, 28, 28], "dtype": "float32", "input_mean": [0.2860]
               {"class": "BatchNorm1D", "config": {}},
               {"class": "ReLU", "config": {}},
               {"class": "Dense", "config": {"units": 10}}]}
+# float64, no head at all (global average pooling gives the 10 class scores), batches of
+# 12, fewer than 3 ranks x 8: some rank has no sample at every step.
+NO_HEAD = {"input_shape": [1, 28, 28], "dtype": "float64", "input_mean": [0.2860],
+           "input_std": [0.3530], "layers": [
+               {"class": "Conv2D", "config": {"filters": 6, "kernel_size": [3, 3],
+                                              "activation": "relu"}},
+               {"class": "MaxPool2D", "config": {"pool_size": [2, 2]}},
+               {"class": "Conv2D", "config": {"filters": 10, "kernel_size": [3, 3]}},
+               {"class": "GlobalAvgPool2D", "config": {}}]}
+# A BatchNorm first: the whole network is the head (the cut is at its first step).
+NORM_FIRST = {"input_shape": [1, 28, 28], "dtype": "float32", "input_mean": [0.2860],
+              "input_std": [0.3530], "layers": [
+                  {"class": "BatchNorm2D", "config": {}},
+                  {"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3],
+                                                 "stride": [2, 2], "activation": "relu"}},
+                  {"class": "Flatten", "config": {}},
+                  {"class": "Dense", "config": {"units": 10}}]}
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:
@@ -74,11 +91,15 @@ def single(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
-def mpiexec(k: int, *args: str, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def mpiexec_path() -> str:
     if MPIEXEC is None:
         pytest.fail("mpi4py is installed but mpiexec is not on the PATH")
-    cmd = [MPIEXEC, "-n", str(k), sys.executable, "-m", "fastcnn.train", "--distributed",
+    return MPIEXEC
+
+
+def mpiexec(k: int, *args: str, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [mpiexec_path(), "-n", str(k), sys.executable, "-m", "fastcnn.train", "--distributed",
            *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -141,13 +162,16 @@ def test_gradient_parts_of_a_split_batch_add_up_to_the_kernel_result(stride, poo
         oracle = parts(0, n, reference)[i]
         tol = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(stacked, oracle, rtol=tol, atol=tol * 10)
+        if not pooled and stride == 2:  # the naive loops, on a few chunks (they are slow)
+            np.testing.assert_allclose(parts(0, 2 * GRAD_CHUNK, naive)[i], oracle[:2], rtol=1e-10,
+                                       atol=1e-9)
 
 
 def small_model() -> fc.Sequential:
     return fc.Sequential.from_config(CONFIG, seed=0)
 
 
-def test_fit_over_a_one_rank_communicator_is_fit(rng):
+def test_fit_over_a_one_rank_communicator_is_fit():
     x, y = load_dataset("sample", "train", limit=200)
     results = []
     for comm in (None, MPI.COMM_SELF):
@@ -189,22 +213,33 @@ def test_distributed_without_mpi4py_is_a_one_line_error(tmp_path):
 # -- real MPI runs ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """The reference: one process, SEED-ARCH and the strided network (with a validation
-    split, so the test set is scored once at the end)."""
+    """The references, each trained by one process: SEED-ARCH; the strided network (with
+    a validation split, so the test set is scored once at the end, and early stopping);
+    NO_HEAD; NORM_FIRST."""
     root = tmp_path_factory.mktemp("single")
-    config = root / "config.json"
-    config.write_text(json.dumps(CONFIG))
     outs = {}
-    for name, extra in (("seed", []), ("strided", ["--model-config", str(config),
-                                                   "--augment", "1", "--val-split", "0.1"])):
-        proc = single(*BASE, *extra, "--out", str(root / name))
+    configs = {}
+    for name, value in (("strided", CONFIG), ("no_head", NO_HEAD), ("norm_first", NORM_FIRST)):
+        configs[name] = root / f"{name}.json"
+        configs[name].write_text(json.dumps(value))
+    outs = {}
+    for name, extra in (
+            ("seed", []),
+            ("strided", ["--model-config", str(configs["strided"]), "--augment", "1",
+                         "--val-split", "0.1", "--early-stop", "1"]),
+            ("no_head", ["--model-config", str(configs["no_head"]), "--batch-size", "12",
+                         "--limit", "300", "--optimizer", "sgd"]),
+            ("norm_first", ["--model-config", str(configs["norm_first"]), "--limit", "300"])):
+        # Two threads here, one per rank there: the bits depend on neither.
+        proc = single(*BASE, *extra, "--threads", "2", "--out", str(root / name))
         assert proc.returncode == 0, proc.stderr
         outs[name] = (root / name, extra)
     return outs
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("network", ["seed", "strided"])
+@pytest.mark.parametrize(("network", "ranks"), [
+    ("seed", 2), ("seed", 3), ("strided", 2), ("strided", 3), ("no_head", 3),
+    ("norm_first", 2)])
 def test_mpiexec_run_ends_bit_identical_to_one_process(one_process, tmp_path, ranks, network):
     reference_out, extra = one_process[network]
     proc = mpiexec(ranks, *BASE, *extra, "--out", str(tmp_path / "out"))
@@ -215,8 +250,8 @@ def test_mpiexec_run_ends_bit_identical_to_one_process(one_process, tmp_path, ra
     with open(reference_out / "metrics.json") as f, open(tmp_path / "out" / "metrics.json") as g:
         a, b = json.load(f), json.load(g)
     same = [key for key in a if key.endswith("_per_epoch") or key in (
-        "train_loss", "test_accuracy", "macro_f1", "test_loss")]
-    assert len(same) >= 7
+        "train_loss", "test_accuracy", "macro_f1", "test_loss", "best_epoch", "epochs_run")]
+    assert len(same) >= 8
     for key in same:
         assert a[key] == b[key], key
 
@@ -242,7 +277,7 @@ def test_signal_on_one_rank_stops_all_then_resumes_with_other_ranks(one_process,
 def test_sigterm_to_mpiexec_stops_every_rank_at_one_batch_with_one_checkpoint(one_process,
                                                                              tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastcnn.train", "--distributed", *BASE,
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "fastcnn.train", "--distributed", *BASE,
            "--checkpoint-dir", str(ckpt_dir), "--checkpoint-every", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "FASTCNN_TEST_BATCH_DELAY": "0.2"})
@@ -265,14 +300,28 @@ def test_sigterm_to_mpiexec_stops_every_rank_at_one_batch_with_one_checkpoint(on
     assert_same_weights(one_process["seed"][0] / "model.npz", tmp_path / "out" / "model.npz")
 
 
-def test_ranks_with_different_settings_are_refused_on_every_rank():
+def test_ranks_with_different_settings_are_refused():
+    """Checked on every rank before training; the first to fail ends the job (exit 2)."""
+    mpiexec_path()
     cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "fastcnn.train", "--distributed", *BASE,
            ":", "-n", "1", sys.executable, "-m", "fastcnn.train", "--distributed", *BASE,
            "--seed", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert proc.stderr.count("the ranks differ in") == 2, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "the ranks differ in" in proc.stderr, proc.stderr
     assert "the weights" in proc.stderr and "seed" in proc.stderr
+
+
+def test_an_error_on_one_rank_only_ends_the_whole_job(tmp_path):
+    """Rank 0 alone writes checkpoints; a checkpoint folder it cannot use fails there
+    only, and the other rank must not wait for it."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    start = time.monotonic()
+    proc = mpiexec(2, *BASE, "--checkpoint-dir", str(blocker / "ckpt"), timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "error:" in proc.stderr
 
 
 @pytest.mark.parametrize("action", ["PAUSE", "KILL"])

@@ -73,12 +73,16 @@ class Conv2D(Layer):
         self._op = ops.Conv2dOp(self.backend, self.stride, geometry)
         return out
 
+    def params_as_built(self) -> bool:
+        """Whether the weight and bias are plain arrays of the shapes and dtype built."""
+        return (_as_built(self.params["weight"],
+                          (self.filters, self.input_shape[0], *self.kernel_size), self.dtype)
+                and _as_built(self.params["bias"], (self.filters,), self.dtype))
+
     def _is_as_built(self, x: np.ndarray) -> bool:
         return (_as_built(x, (len(x), *self.input_shape), self.dtype) and len(x) > 0
                 and len(x) * self._sample_elements <= functional.MAX_ELEMENTS
-                and _as_built(self.params["weight"],
-                              (self.filters, self.input_shape[0], *self.kernel_size), self.dtype)
-                and _as_built(self.params["bias"], (self.filters,), self.dtype))
+                and self.params_as_built())
 
     def forward(self, x, training=True, rng=None):
         self._check_input(x)
