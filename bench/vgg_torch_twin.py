@@ -7,7 +7,7 @@ on the same Fashion-MNIST arrays, with the same number of threads. Prints one li
 epoch, then JSON with the time of each epoch and the final test accuracy and macro F1,
 also written to --out.
 
-    python bench/vgg_torch_twin.py [--epochs 12] [--lr 0.003] [--augment 1] [--out FILE]
+    python bench/vgg_torch_twin.py [--epochs 20] [--lr 0.003] [--augment 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def twin(torch):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--augment", type=int, default=1, help="shift in pixels (flips too)")
