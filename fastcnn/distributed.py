@@ -289,6 +289,11 @@ class DataParallel:
         return metrics.scores(y, self.predict(x, batch_size))
 
 
+def weights_bytes(model: Sequential) -> bytes:
+    """The model's weights and buffers, as bytes for `check_same`."""
+    return b"".join(a.tobytes() for a in model.state_arrays().values())
+
+
 def fit_fingerprint(model: Sequential, x: np.ndarray, y: np.ndarray,
                     validation_data: tuple | None, optimizer: Optimizer, *, epochs: int,
                     batch_size: int, augment: Augmentation | None, seed: int | None,
@@ -308,7 +313,7 @@ def fit_fingerprint(model: Sequential, x: np.ndarray, y: np.ndarray,
     return {
         "the model's architecture": json.dumps(model.get_config(), sort_keys=True)
         + repr([layer.backend for layer in model.layers]),
-        "the weights": b"".join(a.tobytes() for a in model.state_arrays().values()),
+        "the weights": weights_bytes(model),
         "the training images": x, "the training labels": y,
         "the validation data": validation,
         "the optimizer": _optimizer_fingerprint(optimizer),

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .augment import Augmentation
 from .data import batches
-from .distributed import DEFAULT_TIMEOUT, DataParallel, fit_fingerprint
+from .distributed import DEFAULT_TIMEOUT, DataParallel, fit_fingerprint, weights_bytes
 from .optim import SGD, Optimizer
 from .threads import one_blas_thread
 from .validation import check_bool, check_int, check_real, describe
@@ -269,7 +269,7 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
                 history.val_accuracy.append(scores["accuracy"])
                 history.val_macro_f1.append(scores["macro_f1"])
             if dp is not None:  # replicas that drifted apart (other CPUs or versions)
-                dp.check_same({f"the weights after epoch {epoch + 1}": _weights(model)})
+                dp.check_same({f"the weights after epoch {epoch + 1}": weights_bytes(model)})
             if early_stopping is not None:
                 if keep_best and early_stopping.best_epoch(history) == epoch:
                     best_arrays = {k: a.copy() for k, a in model.state_arrays().items()}
@@ -285,10 +285,6 @@ def fit(model: Sequential, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
     if best_arrays is not None:
         model.load_state_arrays(best_arrays, "the best epoch's weights")
     return history
-
-
-def _weights(model: Sequential) -> bytes:
-    return b"".join(a.tobytes() for a in model.state_arrays().values())
 
 
 def _agree(dp: DataParallel | None, stop: bool | None) -> bool:
