@@ -10,6 +10,8 @@ of the maxima, as training runs it, and `conv2-backward-pooled` its backward pas
 first layer. `*-backward-fused` is `conv2d_backward` (`dense_backward`), what training
 calls for conv1: ReLU mask, weight and bias gradients, and the input gradient, in one pass.
 `loss-softmax-cross-entropy` is the loss and its gradient over 10 classes.
+`activation-NAME` is the element-wise pass that `activation=NAME` runs after conv2
+(float32 sigmoid and tanh are vectorised approximations, kernels/mathf.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from harness import CORES, SAME_5x5, fast_mode
 
 from fastcnn import kernels, naive, reference
+from fastcnn.ops import ACTIVATIONS
 
 IMPLS = {"numba": kernels, "numpy": reference, "naive": naive}
 BATCHES = (64, 256)
@@ -28,7 +31,8 @@ OPS = ("conv1-forward", "conv1-forward-relu", "conv2-forward", "conv2-forward-re
        "conv2-forward-relu-pool", "conv2-forward-relu-pool-indices", "conv2-backward-pooled",
        "conv2-backward-input", "conv1-backward-weight", "conv2-backward-weight",
        "conv1-backward-fused", "conv2-backward-fused", "pool-forward", "pool-backward",
-       "dense1-forward-relu", "dense1-backward-fused", "loss-softmax-cross-entropy")
+       "dense1-forward-relu", "dense1-backward-fused", "loss-softmax-cross-entropy",
+       "activation-leaky_relu", "activation-sigmoid", "activation-tanh")
 
 
 def pytest_generate_tests(metafunc):
@@ -57,6 +61,10 @@ def make_case(op: str, batch: int):
         labels = rng.integers(0, 10, batch)
         return "softmax_cross_entropy", (normal(batch, 10, scale=3.0), labels), [(), (batch, 10),
                                                                                 ()]
+    if op.startswith("activation-"):
+        kind = ACTIVATIONS[op.removeprefix("activation-")]
+        return "activation_forward", (normal(batch, 6, 28, 28, scale=3.0), kind, 0.01), [
+            (batch, 6, 28, 28)]
     if op.startswith("dense1"):
         x, w, y = normal(batch, 1176), normal(1176, 100, scale=0.05), normal(batch, 100)
         if op == "dense1-forward-relu":

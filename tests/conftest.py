@@ -18,3 +18,12 @@ settings.load_profile("ci" if os.environ.get("CI") else "fastcnn")
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def restore_threads():
+    """Puts fastcnn's thread count back to its default after the test."""
+    yield
+    import fastcnn
+
+    fastcnn.set_threads(None)

@@ -1,6 +1,7 @@
 """Activations: ReLU, LeakyReLU, Sigmoid and Tanh as layers and as ``activation=``, the
 kernel against both oracles, and PyTorch where it is installed."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -24,13 +25,57 @@ def test_activation_kernels_match_oracles(name, size, slope, dtype, scale, seed)
     saved = y if name in ("sigmoid", "tanh") else x
     dx = kernels.activation_backward(dy, saved, kind, slope)
     assert y.dtype == dx.dtype == dtype and np.all(np.isfinite(y))
-    # Each element is computed in float64 and rounded once.
+    # float64 math rounded once, or (float32 sigmoid, tanh) within 2.5 ulp.
     tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == np.float32 else {"rtol": 1e-12,
                                                                     "atol": 1e-15}
     for oracle in (reference, naive):
         np.testing.assert_allclose(y, oracle.activation_forward(x, kind, slope), **tol)
         np.testing.assert_allclose(dx, oracle.activation_backward(dy, saved, kind, slope),
                                    **tol)
+
+
+def _float32_sample(n):
+    """n float32 from random bit patterns (every exponent), a dense grid over the range
+    where tanh and sigmoid are not yet flat, and the edge cases."""
+    r = np.random.default_rng(0)
+    x = r.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = [0.0, -0.0, np.inf, -np.inf, 0.625, -0.625, 44.0, 88.7, 89.0, -87.4, -103.9,
+             -104.0, -150.0, 1e-30, -1e-45, np.finfo(np.float32).max]
+    return np.concatenate([x[~np.isnan(x)], np.linspace(-120, 120, n // 4, dtype=np.float32),
+                           np.array(edges, np.float32)])
+
+
+@pytest.mark.parametrize("name, max_ulp", [("tanh", 1.5), ("sigmoid", 2.5)])
+def test_float32_sigmoid_and_tanh_are_within_their_ulp_bounds(name, max_ulp):
+    """float32 sigmoid and tanh are vectorised approximations (kernels/mathf.py): within
+    max_ulp of the float64 value everywhere, subnormal results included, and exact at
+    the limits (+-1, 0, +-0 kept, NaN carried)."""
+    x = _float32_sample(4_000_000)
+    kind = ops.ACTIVATIONS[name]
+    y = kernels.activation_forward(x, kind, 0.0)
+    want = reference.activation_forward(x, kind, 0.0)
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    err = np.abs(y - want) / ulp
+    assert err.max() <= max_ulp, f"{err.max():.2f} ulp at x = {x[err.argmax()]!r}"
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(want.astype(np.float32)))
+    assert np.isnan(kernels.activation_forward(np.array([np.nan], np.float32), kind, 0.0)[0])
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 1000, 100_003])
+def test_activation_bits_do_not_depend_on_the_thread_count(restore_threads, name, size):
+    """A loop's vectorised body and its scalar remainder round alike: the same element
+    gives the same bits alone, in any position, with 1 or 2 threads."""
+    x = (8 * np.random.default_rng(size).standard_normal(size)).astype(np.float32)
+    kind = ops.ACTIVATIONS[name]
+    results = []
+    for n in (1, 2):
+        fc.set_threads(n)
+        results.append(kernels.activation_forward(x, kind, 0.01))
+    alone = [kernels.activation_forward(x[i:i + 1], kind, 0.01)[0] for i in range(0, size, 7)]
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0][::7], alone)
 
 
 @pytest.mark.parametrize("name", NAMES)

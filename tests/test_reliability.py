@@ -401,12 +401,6 @@ def test_fit_refuses_inconsistent_initial_state(small):
                   verbose=False, initial_state=states[-1])
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    fc.set_threads(None)
-
-
 @pytest.mark.skipif(TWO_THREADS < 2, reason="needs two Numba threads")
 @pytest.mark.parametrize("make_model", [fc.seed_arch, strided_model, batchnorm_model],
                          ids=["seed-arch", "strided", "batchnorm"])

@@ -62,7 +62,8 @@ class LeakyReLU(_Activation):
 
 
 class Sigmoid(_Activation):
-    """1 / (1 + exp(-x)), computed without overflow for any x."""
+    """1 / (1 + exp(-x)), computed without overflow for any x (float32: within 2.5 ulp,
+    kernels/mathf.py)."""
 
     name = "sigmoid"
 
@@ -71,6 +72,8 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
+    """tanh(x) (float32: within 1.5 ulp, kernels/mathf.py)."""
+
     name = "tanh"
 
     def __init__(self, backend: str = "numba") -> None:
