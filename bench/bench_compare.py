@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 
 import compare
+import numpy as np
+import pytest
+import suite
+from harness import TORCH_HINT
 
 
 def test_compare_quick_writes_the_table(tmp_path, capsys):
@@ -31,3 +35,39 @@ def test_compare_quick_writes_the_table(tmp_path, capsys):
         lo, hi = result["ceiling"]["range"]
         assert 0 < lo <= result["ceiling"]["speedup"] <= hi
         assert "Machine check, in the same rotation" in report
+
+
+def test_compare_quick_runs_the_suite(tmp_path, capsys):
+    """--arch: one table per network, then the suite's table; keras/naive/ceiling are
+    SEED-ARCH's alone and say so."""
+    out = tmp_path / "results.json"
+    code = compare.main(["--quick", "--systems", "fastcnn,naive", "--no-startup", "--arch",
+                         "lenet5,strided", "--batches", "4", "--repeats", "1", "--out",
+                         str(out)])
+    assert code == 0
+    report = capsys.readouterr().out
+    assert report.startswith("lenet5\n") and "\nstrided\n" in report
+    assert "naive: measured on SEED-ARCH only." in report
+    assert "synthetic standard-normal images" in report
+    result = json.loads(out.read_text())
+    assert result["settings"]["networks"] == ["lenet5", "strided"]
+    assert {(r["network"], r["system"]) for r in result["rows"]} == {
+        ("lenet5", "fastcnn"), ("strided", "fastcnn")}
+
+
+def test_compare_refuses_an_unknown_network(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--arch", "lenet5,resnet50"])
+    assert "unknown networks ['resnet50']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", list(suite.ARCHS))
+def test_torch_twin_is_the_same_network(arch):
+    """The PyTorch twin computes what the fastcnn network computes, from its weights."""
+    torch = pytest.importorskip("torch", reason=TORCH_HINT)
+    model = suite.build(arch, seed=3)
+    x, _ = suite.synthetic(arch, 5, seed=1)
+    with torch.no_grad():
+        logits = suite.torch_twin(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), torch.softmax(torch.from_numpy(logits), 1),
+                               rtol=1e-4, atol=1e-6)

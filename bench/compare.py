@@ -1,8 +1,9 @@
-"""Compare fastcnn with PyTorch, Keras and the naive per-sample NumPy loops on SEED-ARCH.
+"""Compare fastcnn with PyTorch, Keras and the naive per-sample NumPy loops on SEED-ARCH,
+and with PyTorch on the other networks of the performance suite (`suite.py`).
 
-    python bench/compare.py [--quick] [--out bench/results.json] [--markdown]
+    python bench/compare.py [--arch NAME,...|all] [--quick] [--out FILE] [--markdown]
 
-All systems run side by side in this one run, one after another (never at once):
+One network at a time; its systems run side by side, one after another (never at once):
 every repeat times each configuration in turn (rotating the order), and a result is
 the median over repeats. Each system lives in a worker process of its own, so that no
 library's threads, allocator settings or thread limits (fastcnn pins BLAS and tunes
@@ -44,6 +45,7 @@ from harness import (
     versions,
 )
 from llvmlite.binding import get_host_cpu_features, get_host_cpu_name
+from suite import ARCHS, synthetic
 
 EPOCH = 60_000
 PREDICT_BATCH = 1000
@@ -55,6 +57,7 @@ REF_BATCH = 64  # fastcnn's default batch size: the reference where batches diff
 TARGET_SAMPLES, MIN_STEPS, MAX_STEPS = 4096, 30, 200
 POOL = 8  # distinct batches cycled through per configuration
 SYSTEMS = ("fastcnn", "torch", "torch-malloc", "keras", "naive", "ceiling")
+SEED_ONLY = ("keras", "naive", "ceiling")  # built for SEED-ARCH alone
 # glibc's malloc as fastcnn.set_threads leaves it (keep freed memory, no mmap below
 # 32 MB), set through glibc's environment variables for the "torch-malloc" worker: with
 # the defaults, PyTorch maps and unmaps its large buffers on every call.
@@ -173,7 +176,8 @@ def _serve(conn, system: str, settings: dict) -> None:
     try:
         args = argparse.Namespace(**settings)
         biggest = max(args.batches + (() if args.quick else KERAS_EXTRA_BATCHES))
-        x, y = load_images(max(biggest * POOL, PREDICT_BATCH))
+        n = max(biggest * POOL, PREDICT_BATCH)
+        x, y = load_images(n) if args.arch == "seed_arch" else synthetic(args.arch, n)
         train, predict, notes = build_configs(args, x, y, (system,))
         configs = train + predict
         try:
@@ -195,6 +199,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="few steps and repeats: checks that everything runs, numbers are noise")
     p.add_argument("--out", type=Path, help="also write every timing as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
+    p.add_argument("--arch", default="seed_arch",
+                   help=f"comma-separated networks of the suite, or all: {', '.join(ARCHS)} "
+                        "(default: seed_arch; the others against PyTorch only, on "
+                        "synthetic images)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     p.add_argument("--repeats", type=int, help="timed repeats per configuration (9; quick 2)")
@@ -217,6 +225,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    args.archs = list(ARCHS) if args.arch == "all" else [
+        a.strip() for a in args.arch.split(",") if a.strip()]
+    unknown = set(args.archs) - set(ARCHS)
+    if unknown or not args.archs:
+        p.error(f"unknown networks {sorted(unknown)}; choose from {', '.join(ARCHS)} or all")
     args.repeats = args.repeats or (2 if args.quick else 9)
     args.naive_samples = args.naive_samples or (2 if args.quick else 300)
     if args.repeats < 1 or args.naive_samples < 1:
@@ -284,7 +297,7 @@ def build_configs(args, x, y, systems):
     if "fastcnn" in systems:
         for t in THREADS:
             log(f"building fastcnn, {t} thread(s) ...")
-            add(FastcnnSystem(t), "fastcnn", args.batches, t)
+            add(FastcnnSystem(t, arch=args.arch), "fastcnn", args.batches, t)
     for name, label in (("torch", "PyTorch"), ("torch-malloc", TORCH_TUNED)):
         if name not in systems:
             continue
@@ -293,7 +306,7 @@ def build_configs(args, x, y, systems):
             continue
         for t in THREADS:
             log(f"building {label}, {t} thread(s) ...")
-            add(TorchSystem(t), label, args.batches, t)
+            add(TorchSystem(t, arch=args.arch), label, args.batches, t)
         if name == "torch-malloc":
             notes[name] = (f"{label}: PyTorch in a process started with "
                            + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
@@ -396,6 +409,10 @@ def table(rows: list[dict], markdown: bool) -> str:
             ratio += " †"
         body.append([r["system"], str(r["batch"]), str(r["threads"]), num(r["epoch_s"]),
                      num(r["train_samples_per_s"]), num(r["infer_samples_per_s"]), ratio])
+    return _grid(head, body, markdown)
+
+
+def _grid(head: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -417,19 +434,12 @@ def ceiling_speedup(ceiling: list) -> tuple[float, float, float] | None:
     return most.samples_per_s / one.samples_per_s, min(ratios), max(ratios)
 
 
-def summary(args, rows, train, predict, startup, notes, machine, vers, command,
-            ceiling=()) -> list[str]:
+def network_lines(args, rows, train, predict, notes, ceiling=()) -> list[str]:
+    """What the report says about one network's measurements."""
     out = [f"vs fastcnn: training samples/s divided by fastcnn's at the same batch and "
            f"threads (> 1: faster than fastcnn); † against fastcnn at batch {REF_BATCH}."]
-    out += [notes[k] for k in ("naive", "keras", "torch", "torch-malloc") if k in notes]
-    if startup:
-        c, w = startup["cold"], startup["warm"]
-        out.append(
-            f"Start-up, `import fastcnn` + build SEED-ARCH + first training batch of 64, in a "
-            f"fresh process: cold (empty Numba cache, JIT compiles every kernel) "
-            f"{c['total_s']:.2f} s (first batch {c['first_batch_s']:.2f} s); warm cache "
-            f"{w['total_s']:.2f} s (import {w['import_s']:.2f} s, first batch "
-            f"{w['first_batch_s']:.2f} s); a later batch takes {w['second_batch_s']:.3f} s.")
+    out += [notes[k] for k in ("naive", "keras", "torch", "torch-malloc", "seed_only")
+            if k in notes]
     fast = {(c.kind, c.batch, c.threads): c.samples_per_s for c in train + predict
             if c.label == "fastcnn"}
     if 2 in THREADS and ("predict", PREDICT_BATCH, 1) in fast:
@@ -452,11 +462,27 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command,
         out.append(f"fastcnn at batch {REF_BATCH}, {t} thread(s), trains "
                    f"{fast[('train', REF_BATCH, t)] / naive['train_samples_per_s']:,.0f}x "
                    f"faster than the naive per-sample loops.")
+    return out
+
+
+def run_lines(args, startup, machine, vers, command) -> list[str]:
+    """What the report says about the whole run: start-up, method, machine, versions."""
+    out = []
+    if startup:
+        c, w = startup["cold"], startup["warm"]
+        out.append(
+            f"Start-up, `import fastcnn` + build SEED-ARCH + first training batch of 64, in a "
+            f"fresh process: cold (empty Numba cache, JIT compiles every kernel) "
+            f"{c['total_s']:.2f} s (first batch {c['first_batch_s']:.2f} s); warm cache "
+            f"{w['total_s']:.2f} s (import {w['import_s']:.2f} s, first batch "
+            f"{w['first_batch_s']:.2f} s); a later batch takes {w['second_batch_s']:.3f} s.")
     out.append(f"Each number: median of {args.repeats} repeats, systems alternating, each "
                f"system in a process of its own; a "
                f"training repeat is {MIN_STEPS}-{MAX_STEPS} steps (~{TARGET_SAMPLES} samples)"
                f"{' (quick: 3 steps, numbers are noise)' if args.quick else ''}, after "
-               f"untimed warm-up; inference repeats call predict on {PREDICT_BATCH} images.")
+               f"untimed warm-up; inference repeats call predict on {PREDICT_BATCH} images."
+               + ("" if args.archs == ["seed_arch"] else " Networks other than SEED-ARCH "
+                  "train on synthetic standard-normal images of their input shape."))
     load = machine["load_1min"]
     out.append(f"Machine: {machine['cpu']} (LLVM: {machine['llvm_cpu']}, {machine['vectors']}), "
                f"{machine['logical_cores']} logical cores "
@@ -469,6 +495,62 @@ def summary(args, rows, train, predict, startup, notes, machine, vers, command,
     return out
 
 
+def suite_table(results: dict, markdown: bool) -> str | None:
+    """One line per network, batch and threads: fastcnn against the faster PyTorch
+    (None without PyTorch rows)."""
+    head = ["network", "batch", "threads", "fastcnn train samples/s",
+            "PyTorch train samples/s", "fastcnn / PyTorch", "inference fastcnn / PyTorch"]
+    body = []
+    for arch, r in results.items():
+        by = {(row["system"], row["batch"], row["threads"]): row for row in r["rows"]}
+        for row in r["rows"]:
+            if row["system"] != "fastcnn":
+                continue
+            twins = [by.get((s, row["batch"], row["threads"])) for s in ("PyTorch", TORCH_TUNED)]
+            twins = [t for t in twins if t]
+            if not twins:
+                continue
+            torch = max(twins, key=lambda t: t["train_samples_per_s"])
+            infer = [t["infer_samples_per_s"] for t in twins if t["infer_samples_per_s"]]
+            inf_ratio = (row["infer_samples_per_s"] / max(infer)
+                         if infer and row["infer_samples_per_s"] else None)
+            body.append([arch, str(row["batch"]), str(row["threads"]),
+                         num(row["train_samples_per_s"]), num(torch["train_samples_per_s"]),
+                         f"{row['train_samples_per_s'] / torch['train_samples_per_s']:.2f}x",
+                         "-" if inf_ratio is None else f"{inf_ratio:.2f}x"])
+    return _grid(head, body, markdown) if body else None
+
+
+def measure_network(args, arch: str) -> dict | None:
+    """Build one network's systems, each in its worker, and time them side by side."""
+    sub = argparse.Namespace(**{**vars(args), "arch": arch})
+    systems = [s for s in args.systems if arch == "seed_arch" or s not in SEED_ONLY]
+    workers, notes = [], {}
+    if len(systems) < len(args.systems):
+        notes["seed_only"] = (f"{', '.join(s for s in args.systems if s not in systems)}: "
+                              "measured on SEED-ARCH only.")
+    try:
+        for system in systems:  # one at a time: builds compile and trace
+            log(f"--- {arch}: {system}")
+            workers.append(Worker(system, sub))
+            notes.update(workers[-1].info["notes"])
+        configs = [c for w in workers for c in w.configs]
+        train = [c for c in configs if c.kind == "train"]
+        predict = [c for c in configs if c.kind == "predict"]
+        ceiling = [c for c in configs if c.kind == "ceiling"]
+        if not train:
+            log(f"{arch}: nothing to measure: " + "; ".join(notes.values()))
+            return None
+        measure(train + predict + ceiling, args.repeats)
+    finally:
+        for w in workers:
+            w.close()
+    layer = next((w.info["threading_layer"] for w in workers if w.info["threading_layer"]),
+                 None)
+    return {"train": train, "predict": predict, "ceiling": ceiling, "notes": notes,
+            "threading_layer": layer, "rows": make_rows(train, predict, args.batches)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python bench/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -479,45 +561,49 @@ def main(argv=None) -> int:
         log(f"warning: load average {machine['load_1min']:.2f} before start; other processes "
             "are running, so the numbers (above all at 2 threads) will be off")
     startup = None if args.no_startup else measure_startup(args.quick)
-    workers, notes = [], {}
-    try:
-        for system in args.systems:  # one at a time: builds compile and trace
-            workers.append(Worker(system, args))
-            notes.update(workers[-1].info["notes"])
-        configs = [c for w in workers for c in w.configs]
-        train = [c for c in configs if c.kind == "train"]
-        predict = [c for c in configs if c.kind == "predict"]
-        ceiling = [c for c in configs if c.kind == "ceiling"]
-        if not train:
-            print("nothing to measure: " + "; ".join(notes.values()), file=sys.stderr)
-            return 2
-        measure(train + predict + ceiling, args.repeats)
-    finally:
-        for w in workers:
-            w.close()
-    check = ceiling_speedup(ceiling)
+    results = {}
+    for arch in args.archs:
+        result = measure_network(args, arch)
+        if result is not None:
+            results[arch] = result
+    if not results:
+        print("nothing to measure", file=sys.stderr)
+        return 2
     vers = versions()
     vers["numba_threading_layer"] = next(
-        (w.info["threading_layer"] for w in workers if w.info["threading_layer"]), None)
-    rows = make_rows(train, predict, args.batches)
-    lines = summary(args, rows, train, predict, startup, notes, machine, vers, command,
-                    ceiling)
-    if args.markdown:
-        print(table(rows, True) + "\n\n" + "\n".join(f"- {line}" for line in lines))
-    else:
-        print(table(rows, False) + "\n\n" + "\n".join(lines))
+        (r["threading_layer"] for r in results.values() if r["threading_layer"]), None)
+    md = args.markdown
+    parts = []
+    for arch, r in results.items():
+        lines = network_lines(args, r["rows"], r["train"], r["predict"], r["notes"],
+                              r["ceiling"])
+        text = table(r["rows"], md) + "\n\n" + "\n".join(f"- {x}" if md else x for x in lines)
+        parts.append(text if len(results) == 1 else f"{'### ' if md else ''}{arch}\n\n{text}")
+    suite_text = suite_table(results, md) if len(results) > 1 else None
+    if suite_text:
+        parts.append(f"{'### ' if md else ''}The suite: fastcnn against the faster PyTorch "
+                     f"configuration\n\n{suite_text}")
+    lines = run_lines(args, startup, machine, vers, command)
+    parts.append("\n".join(f"- {x}" if md else x for x in lines))
+    print("\n\n".join(parts))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        ceiling = [c for r in results.values() for c in r["ceiling"]]
+        check = ceiling_speedup(ceiling)
         result = {"command": command, "machine": machine, "versions": vers,
                   "settings": {"quick": args.quick, "repeats": args.repeats,
-                               "epoch": EPOCH, "predict_batch": PREDICT_BATCH},
-                  "startup": startup, "rows": rows, "notes": notes,
+                               "epoch": EPOCH, "predict_batch": PREDICT_BATCH,
+                               "networks": list(results)},
+                  "startup": startup,
+                  "rows": [{"network": a, **row} for a, r in results.items() for row in r["rows"]],
+                  "notes": {a: r["notes"] for a, r in results.items()},
                   "ceiling": {"speedup": None if check is None else check[0],
                               "range": None if check is None else check[1:],
                               "seconds": {c.threads: c.seconds for c in ceiling}},
-                  "inference": [{"system": c.label, "threads": c.threads, "images": c.batch,
-                                 "samples_per_s": c.samples_per_s, "seconds": c.seconds}
-                                for c in predict]}
+                  "inference": [{"network": a, "system": c.label, "threads": c.threads,
+                                 "images": c.batch, "samples_per_s": c.samples_per_s,
+                                 "seconds": c.seconds}
+                                for a, r in results.items() for c in r["predict"]]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(f"wrote {args.out}")
     return 0

@@ -16,6 +16,7 @@ import time
 
 import numba
 import numpy as np
+import suite
 
 import fastcnn
 from fastcnn import naive
@@ -81,13 +82,14 @@ def versions() -> dict[str, str | None]:
 # -- systems ---------------------------------------------------------------------------
 
 class FastcnnSystem:
-    """SEED-ARCH in fastcnn: Numba threads = `threads`, BLAS pinned to one thread."""
+    """A network of `suite` (SEED-ARCH by default) in fastcnn: Numba threads = `threads`,
+    BLAS pinned to one thread."""
 
     name = "fastcnn"
 
-    def __init__(self, threads: int, seed: int = 0) -> None:
+    def __init__(self, threads: int, seed: int = 0, arch: str = "seed_arch") -> None:
         self.threads = threads
-        self.model = fastcnn.seed_arch(seed)
+        self.model = suite.build(arch, seed)
         self.optimizer = fastcnn.SGD(LR, momentum=MOMENTUM)
 
     def activate(self) -> None:
@@ -104,21 +106,17 @@ class FastcnnSystem:
 
 
 class TorchSystem:
-    """The same network in PyTorch (NCHW), SGD with momentum, cross-entropy."""
+    """The same network in PyTorch (NCHW, fastcnn's initial weights), SGD with momentum,
+    cross-entropy."""
 
     name = "PyTorch"
 
-    def __init__(self, threads: int, seed: int = 0) -> None:
+    def __init__(self, threads: int, seed: int = 0, arch: str = "seed_arch") -> None:
         import torch
         from torch import nn
 
         self.torch, self.threads = torch, threads
-        torch.manual_seed(seed)
-        self.model = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(),
-            nn.Conv2d(6, 6, 5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(1176, 100), nn.ReLU(), nn.Linear(100, 10))
+        self.model = suite.torch_twin(suite.build(arch, seed))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.loss_fn = nn.CrossEntropyLoss()
 
