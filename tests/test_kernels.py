@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fastcnn import functional, kernels, naive, reference
@@ -195,6 +195,100 @@ def test_fused_conv2d_backward_matches_oracles(case, relu, input_grad):
                            mag_dx)
         else:
             assert dx is None and rdx is None
+
+
+@st.composite
+def algorithm_cases(draw, kind):
+    """Convolutions that `algorithm` runs with kind: deep inputs (up to 48 channels) on
+    small planes reach the matrix path, strides 2 and 3 the phase path."""
+    n = draw(st.integers(1, 17))  # up to three weight-gradient chunks
+    c = draw(st.one_of(st.integers(1, 4), st.integers(5, 48)))
+    f = draw(st.integers(1, 7))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = (1, 1) if kind == "flat" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h, w = draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    padding = draw(st.one_of(st.sampled_from(["same", "valid"]),
+                             st.tuples(st.integers(0, 3), st.integers(0, 3))))
+    try:
+        geo = functional.conv_geometry(h, w, (kh, kw), (sh, sw), padding)
+    except ValueError:
+        geo = None
+    assume(geo is not None and conv_kernels.algorithm(c, kh, kw, sh, sw, *geo[2:]) == kind)
+    return (n, c, f, h, w, kh, kw, sh, sw, padding, geo, draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("kind", ["flat", "phases", "gemm"])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_algorithm_matches_oracles(kind, data):
+    """Each algorithm `algorithm` picks, through every entry point: the forward pass with
+    ReLU, the fused backward pass, the per-chunk gradient parts (whose sum is the
+    gradient, bit for bit), the fused max-pool; the same bits with 1 and 2 threads."""
+    import fastcnn
+
+    case = data.draw(algorithm_cases(kind))
+    n, c, f, h, w, kh, kw, sh, sw, padding, geo, seed = case
+    pt, pl, oh, ow = geo
+    x, wt, b = make_conv(case)
+    results = []
+    try:
+        for threads in (1, 2):
+            fastcnn.set_threads(threads)
+            y = kernels.conv2d_forward(x, wt, b, sh, sw, *geo, True)
+            dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+            grads = kernels.conv2d_backward(x, wt, dy, y, True, sh, sw, pt, pl, True)
+            parts = kernels.conv2d_backward_parts(x, wt, dy, y, True, sh, sw, pt, pl, True)
+            results.append((y, *grads, *parts))
+    finally:
+        fastcnn.set_threads(None)
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
+    y, dx, dw, db, dx_p, dw_parts, db_parts = results[0]
+    np.testing.assert_array_equal(dx_p, dx)
+    np.testing.assert_array_equal(conv_kernels.sum_parts(dw_parts).astype(np.float32), dw)
+    np.testing.assert_array_equal(conv_kernels.sum_parts(db_parts).astype(np.float32), db)
+    assert len(dw_parts) == -(-n // conv_kernels.GRAD_CHUNK)
+    mag = reference.conv2d_forward(np.abs(x), np.abs(wt), np.abs(b), sh, sw, *geo, False)
+    assert_close32(y, reference.conv2d_forward(x, wt, b, sh, sw, *geo, True), mag)
+    rdx, rdw, rdb = reference.conv2d_backward(x, wt, dy, y, True, sh, sw, pt, pl, True)
+    assert_close32(dx, rdx, reference.conv2d_backward_input(np.abs(dy), np.abs(wt), h, w, sh,
+                                                            sw, pt, pl))
+    mag_dw, mag_db = reference.conv2d_backward_weight(np.abs(x), np.abs(dy), kh, kw, sh, sw,
+                                                      pt, pl)
+    assert_close32(dw, rdw, mag_dw)
+    assert_close32(db, rdb, mag_db)
+    # The separate input and weight gradients.
+    assert_close32(kernels.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl),
+                   reference.conv2d_backward_input(dy, wt, h, w, sh, sw, pt, pl), mag)
+    for got, want, m in zip(kernels.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl),
+                            reference.conv2d_backward_weight(x, dy, kh, kw, sh, sw, pt, pl),
+                            (mag_dw, mag_db), strict=True):
+        assert_close32(got, want, m)
+    # Fused with a 2x2 max-pool where the output allows one.
+    if oh >= 2 and ow >= 2:
+        pooled, window = kernels.conv2d_pool_forward_with_indices(x, wt, b, sh, sw, *geo, True,
+                                                                  2, 2)
+        assert_close32(pooled, reference.conv2d_pool_forward(x, wt, b, sh, sw, *geo, True, 2,
+                                                             2), mag)
+        dp = np.random.default_rng(seed + 2).standard_normal(pooled.shape).astype(np.float32)
+        args = (True, sh, sw, pt, pl, oh, ow, 2, 2, True)
+        got = kernels.conv2d_pool_backward(x, wt, dp, pooled, window, *args)
+        want = reference.conv2d_pool_backward(x, wt, dp, pooled, window, *args)
+        mags = reference.conv2d_pool_backward(np.abs(x), np.abs(wt), np.abs(dp), pooled, window,
+                                              *args)
+        for g, e, m in zip(got, want, mags, strict=True):
+            assert_close32(g, e, m)
+    # float64, tightly.
+    x64, wt64, b64 = make_conv(case, np.float64)
+    np.testing.assert_allclose(kernels.conv2d_forward(x64, wt64, b64, sh, sw, *geo, False),
+                               reference.conv2d_forward(x64, wt64, b64, sh, sw, *geo, False),
+                               rtol=1e-10, atol=1e-12)
+    dy64 = dy.astype(np.float64)
+    for got, want in zip(kernels.conv2d_backward(x64, wt64, dy64, dy64, False, sh, sw, pt, pl,
+                                                 True),
+                         reference.conv2d_backward(x64, wt64, dy64, dy64, False, sh, sw, pt, pl,
+                                                   True), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 6, 28, 28), (2, 3, 7, 9)])

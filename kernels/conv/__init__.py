@@ -7,8 +7,10 @@ output size. Inputs must be C-contiguous and of one float dtype; the Python laye
 (`fastcnn.functional`) checks that before calling.
 
 One module per algorithm: `flat` (stride 1, over flat rows, with `taps` and `planes`
-as its loops and copies) and `strided` (any stride). This module, plain Python, picks
-one for each call and works out its buffers' geometry.
+as its loops and copies), `phases` (a strided convolution as a stride-1 one over the
+input's phase planes, run by `flat`) and `gemm` (im2col and matrix products, any
+stride). This module, plain Python, picks one for each shape (`algorithm`) and works out
+its buffers' geometry.
 
 Each parallel loop runs over samples or over fixed-size chunks of samples (for small
 batches, each chunk's filters are shared out between tasks, every output still computed
@@ -21,18 +23,62 @@ import numpy as np
 from .. import pool
 from .._tuning import DOT_FILTERS, FORWARD_CHUNK, GRAD_CHUNK, SPLIT_WORK
 from .flat import conv2d_backward_s1, conv2d_forward_s1
-from .planes import sum_parts, unpooled, window_of
-from .strided import (
-    conv2d_backward_input_strided,
-    conv2d_forward_strided,
-    conv2d_weight_partials,
-    relu_mask,
+from .gemm import conv2d_backward_gemm, conv2d_forward_gemm
+from .phases import (
+    from_phases,
+    phase_kernel,
+    phase_weight,
+    to_phases,
+    unphase_weight,
+    worth_phases,
 )
+from .planes import sum_parts, unpooled, window_of
 
 
 def _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left):
     """(Hp, Wp) of the flat stride-1 layout: rows and row pitch of a padded plane."""
     return max(H + pad_top, out_h + KH - 1), max(W + pad_left, out_w + KW - 1)
+
+
+# Thresholds of `algorithm`, from bench/README.md's per-layer table (Zen 4/5): below
+# GEMM_MIN_TAPS taps (C * KH * KW) the products are too short for the matrix path; above
+# GEMM_MAX_PIXELS output pixels the flat kernels' rows are long enough to win.
+GEMM_MIN_TAPS = 256
+GEMM_MAX_PIXELS = 256
+GEMM_MIN_TAPS_STRIDED = 128
+
+
+def algorithm(channels, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w):
+    """The algorithm that runs a convolution of this shape, chosen once per shape (the
+    layer's, as oneDNN does):
+
+    - "flat": stride 1, over the padded planes' flat rows (`flat`);
+    - "gemm": im2col columns and register-blocked products (`gemm`), for deep inputs on
+      small output planes (at most GEMM_MAX_PIXELS pixels, at least GEMM_MIN_TAPS taps,
+      GEMM_MIN_TAPS_STRIDED when strided), and every stride `phases` does not take;
+    - "phases": strided, as a stride-1 convolution over the input's phase planes
+      (`phases`), when that adds at most MAX_TAP_GROWTH times the taps (2x2 to 7x7 with
+      stride 2; any kernel the stride divides).
+    """
+    taps = channels * kernel_h * kernel_w
+    small_plane = out_h * out_w <= GEMM_MAX_PIXELS
+    if stride_h == 1 and stride_w == 1:
+        return "gemm" if small_plane and taps >= GEMM_MIN_TAPS else "flat"
+    if worth_phases(kernel_h, kernel_w, stride_h, stride_w) and not (
+            small_plane and taps >= GEMM_MIN_TAPS_STRIDED):
+        return "phases"
+    return "gemm"
+
+
+def _kind(weight, stride_h, stride_w, out_h, out_w):
+    F, C, KH, KW = weight.shape
+    return algorithm(C, KH, KW, stride_h, stride_w, out_h, out_w)
+
+
+def _phase_geometry(out_h, out_w, KH, KW, stride_h, stride_w):
+    """(KH', KW', Hq, Wq): the phase kernel and the phase planes' size."""
+    kh, kw = phase_kernel(KH, KW, stride_h, stride_w)
+    return kh, kw, out_h + kh - 1, out_w + kw - 1
 
 
 def _groups(n, chunk, passes, work):
@@ -61,26 +107,28 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h
     x: (N, C, H, W); weight: (F, C, KH, KW); bias: (F,); all one float dtype.
     Returns y: (N, F, out_h, out_w).
     """
-    if stride_h != 1 or stride_w != 1:
-        return conv2d_forward_strided(x, weight, bias, stride_h, stride_w, pad_top, pad_left,
-                                       out_h, out_w, relu)
-    _, _, H, W = x.shape
-    _, _, KH, KW = weight.shape
-    Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
-    return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, 1, 1,
-                       False)[0]
+    return _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w,
+                      relu, 1, 1, False)[0]
 
 
 def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, out_w, relu,
                pool_h, pool_w, want_indices):
     """(y, indices or None) of conv2d_pool_forward_with_indices, for any stride."""
-    if stride_h != 1 or stride_w != 1:
-        y = conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h,
-                           out_w, relu)
+    F, _, KH, KW = weight.shape
+    kind = _kind(weight, stride_h, stride_w, out_h, out_w)
+    if kind == "phases":
+        kh, kw, Hq, Wq = _phase_geometry(out_h, out_w, KH, KW, stride_h, stride_w)
+        xq = to_phases(x, stride_h, stride_w, pad_top, pad_left, Hq, Wq)
+        return _forward_s1(xq, phase_weight(weight, stride_h, stride_w), bias, 0, 0, Hq, Wq,
+                           out_h, out_w, relu, pool_h, pool_w, want_indices)
+    if kind == "gemm":
+        y = conv2d_forward_gemm(x, weight.reshape(F, -1), bias, KH, KW, stride_h, stride_w,
+                                pad_top, pad_left, out_h, out_w, relu)
+        if pool_h == 1 and pool_w == 1 and not want_indices:
+            return y, None
         pooled, argmax = pool.maxpool2d_forward(y, pool_h, pool_w, pool_h, pool_w)
         return pooled, (window_of(argmax, out_w, pool_h, pool_w) if want_indices else None)
     _, _, H, W = x.shape
-    _, _, KH, KW = weight.shape
     Hp, Wp = _s1_geometry(H, W, out_h, out_w, KH, KW, pad_top, pad_left)
     return _forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
                        pool_w, want_indices)
@@ -137,23 +185,55 @@ def _backward_s1(x, weight, dy, mask, relu, indices, pool_h, pool_w, in_h, in_w,
 _NO_INDICES = np.zeros((1, 1, 1, 1), dtype=np.uint8)  # the window argument when not pooled
 
 
+def _backward_phases(x, weight, dy, y, relu, indices, pool_h, pool_w, in_h, in_w, stride_h,
+                     stride_w, pad_top, pad_left, out_h, out_w, need_weight_grad,
+                     need_input_grad, parts):
+    """_backward_s1 of the phase form: the same results, mapped back to the input's
+    and the weight's shapes."""
+    F, C, KH, KW = weight.shape
+    kh, kw, Hq, Wq = _phase_geometry(out_h, out_w, KH, KW, stride_h, stride_w)
+    # The input-gradient-only path passes dy for x, which it never reads.
+    xq = to_phases(x, stride_h, stride_w, pad_top, pad_left, Hq, Wq) if need_weight_grad else x
+    wq = (phase_weight(weight, stride_h, stride_w) if need_input_grad else
+          np.empty((F, C * stride_h * stride_w, kh, kw), dtype=weight.dtype))
+    dxq, dwq, db = _backward_s1(xq, wq, dy, y, relu, indices, pool_h, pool_w, Hq, Wq, 0, 0,
+                                out_h, out_w, need_weight_grad, need_input_grad, parts)
+    dx = None
+    if need_input_grad:
+        dx = from_phases(dxq, C, stride_h, stride_w, pad_top, pad_left, in_h, in_w)
+    dw = unphase_weight(dwq, KH, KW, stride_h, stride_w) if need_weight_grad else dwq
+    return dx, dw, db
+
+
+def _backward_gemm(x, weight, dy, mask, relu, stride_h, stride_w, pad_top, pad_left,
+                   need_weight_grad, need_input_grad, parts):
+    """conv2d_backward_gemm with the weight laid out for it; results as _backward_s1's."""
+    F, C, KH, KW = weight.shape
+    wt = (np.ascontiguousarray(weight.reshape(F, -1).T) if need_input_grad else
+          np.empty((C * KH * KW, F), dtype=weight.dtype))
+    dx, dw_parts, db_parts = conv2d_backward_gemm(x, wt, dy, mask, relu, KH, KW, stride_h,
+                                                  stride_w, pad_top, pad_left, need_weight_grad,
+                                                  need_input_grad)
+    dx = dx if need_input_grad else None
+    if parts:
+        return dx, dw_parts, db_parts
+    return dx, sum_parts(dw_parts).astype(dy.dtype), sum_parts(db_parts).astype(dy.dtype)
+
+
 def _backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, need_input_grad,
               parts):
     """conv2d_backward, or with parts conv2d_backward_parts."""
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
-    if stride_h != 1 or stride_w != 1:
-        if relu:
-            dy = relu_mask(dy, y)
-        dx = None
-        if need_input_grad:
-            dx = conv2d_backward_input(dy, weight, H, W, stride_h, stride_w, pad_top, pad_left)
-        dw_parts, db_parts = conv2d_weight_partials(x, dy, KH, KW, stride_h, stride_w, pad_top,
-                                                    pad_left)
-        if parts:
-            return dx, dw_parts, db_parts
-        return dx, sum_parts(dw_parts).astype(x.dtype), sum_parts(db_parts).astype(x.dtype)
     _, _, OH, OW = dy.shape
+    kind = _kind(weight, stride_h, stride_w, OH, OW)
+    if kind == "phases":
+        return _backward_phases(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, stride_h,
+                                stride_w, pad_top, pad_left, OH, OW, True, need_input_grad,
+                                parts)
+    if kind == "gemm":
+        return _backward_gemm(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left,
+                              True, need_input_grad, parts)
     return _backward_s1(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
                         OW, True, need_input_grad, parts)
 
@@ -184,7 +264,12 @@ def _pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
                    out_h, out_w, pool_h, pool_w, need_input_grad, parts):
     """conv2d_pool_backward, or with parts conv2d_pool_backward_parts."""
     _, _, H, W = x.shape
-    if stride_h != 1 or stride_w != 1:
+    kind = _kind(weight, stride_h, stride_w, out_h, out_w)
+    if kind == "phases":
+        return _backward_phases(x, weight, dy, y, relu, indices, pool_h, pool_w, H, W, stride_h,
+                                stride_w, pad_top, pad_left, out_h, out_w, True,
+                                need_input_grad, parts)
+    if kind == "gemm":
         full = unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w)
         return _backward(x, weight, full, full, False, stride_h, stride_w, pad_top, pad_left,
                          need_input_grad, parts)
@@ -219,10 +304,18 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
 
     dy: (N, F, OH, OW); weight: (F, C, KH, KW). Returns dx: (N, C, in_h, in_w).
     """
-    if stride_h != 1 or stride_w != 1:
-        return conv2d_backward_input_strided(dy, weight, in_h, in_w, stride_h, stride_w,
-                                              pad_top, pad_left)
     _, _, OH, OW = dy.shape
+    F, C, _, _ = weight.shape
+    kind = _kind(weight, stride_h, stride_w, OH, OW)
+    if kind == "phases":
+        return _backward_phases(dy, weight, dy, dy, False, _NO_INDICES, 1, 1, in_h, in_w,
+                                stride_h, stride_w, pad_top, pad_left, OH, OW, False, True,
+                                False)[0]
+    if kind == "gemm":
+        # The kernel reads x's shape only, for dx's.
+        shape = np.empty((len(dy), C, in_h, in_w), dtype=dy.dtype)
+        return _backward_gemm(shape, weight, dy, dy, False, stride_h, stride_w, pad_top,
+                              pad_left, False, True, False)[0]
     return _backward_s1(dy, weight, dy, dy, False, _NO_INDICES, 1, 1, in_h, in_w, pad_top,
                         pad_left, OH, OW, False, True, False)[0]
 
@@ -232,14 +325,16 @@ def conv2d_backward_weight(x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_to
 
     x: (N, C, H, W); dy: (N, F, OH, OW). Returns (dw: (F, C, KH, KW), db: (F,)).
     """
-    if stride_h != 1 or stride_w != 1:
-        dw_parts, db_parts = conv2d_weight_partials(
-            x, dy, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left
-        )
-        return sum_parts(dw_parts).astype(x.dtype), sum_parts(db_parts).astype(x.dtype)
     _, C, H, W = x.shape
     _, F, OH, OW = dy.shape
-    # The kernel reads only the weight's shape on this path.
+    # The kernels read only the weight's shape on this path.
     shape = np.empty((F, C, kernel_h, kernel_w), dtype=x.dtype)
+    kind = _kind(shape, stride_h, stride_w, OH, OW)
+    if kind == "phases":
+        return _backward_phases(x, shape, dy, dy, False, _NO_INDICES, 1, 1, H, W, stride_h,
+                                stride_w, pad_top, pad_left, OH, OW, True, False, False)[1:]
+    if kind == "gemm":
+        return _backward_gemm(x, shape, dy, dy, False, stride_h, stride_w, pad_top, pad_left,
+                              True, False, False)[1:]
     return _backward_s1(x, shape, dy, dy, False, _NO_INDICES, 1, 1, H, W, pad_top, pad_left, OH,
                         OW, True, False, False)[1:]
