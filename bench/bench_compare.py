@@ -71,3 +71,30 @@ def test_torch_twin_is_the_same_network(arch):
         logits = suite.torch_twin(model)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.predict(x), torch.softmax(torch.from_numpy(logits), 1),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_layers_reports_every_convolution_of_the_suite(tmp_path, capsys):
+    """bench/layers.py on a tiny batch: every distinct convolution of the suite, each pass
+    in GFLOP/s beside the sgemm roofline (and PyTorch's where installed)."""
+    import layers
+
+    try:
+        import torch  # noqa: F401
+        with_torch = []
+    except ImportError:
+        with_torch = ["--no-torch"]
+    out = tmp_path / "layers.json"
+    assert layers.main(["--batch", "2", "--threads", "1", "--repeats", "1", "--markdown",
+                        "--out", str(out), *with_torch]) == 0
+    report = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert run["sgemm_gflops"] > 0
+    expected = {shape.label for _, shape in layers.suite_convolutions()}
+    assert {row["layer"] for row in run["layers"]} == expected and len(expected) == 12
+    for row in run["layers"]:
+        assert row["algorithm"] in ("flat", "phases", "gemm")
+        assert all(row["fastcnn"][p] > 0 for p in layers.PASSES)
+        assert bool(row["torch"]) != bool(with_torch)
+        assert f"| {row['layer']} (" in report
+    assert "sgemm roofline" in report

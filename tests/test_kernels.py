@@ -217,6 +217,23 @@ def algorithm_cases(draw, kind):
     return (n, c, f, h, w, kh, kw, sh, sw, padding, geo, draw(st.integers(0, 2**32 - 1)))
 
 
+@pytest.mark.parametrize("layer,input_shape,expected", [
+    (dict(filters=6, kernel_size=5, padding="same"), (6, 28, 28), "flat"),
+    (dict(filters=64, kernel_size=3), (32, 13, 13), "gemm"),  # deep, small plane
+    (dict(filters=64, kernel_size=3, padding="same"), (32, 32, 32), "flat"),  # large plane
+    (dict(filters=16, kernel_size=5, stride=2, padding=2), (3, 32, 32), "phases"),
+    (dict(filters=32, kernel_size=3, stride=2, padding=1), (16, 16, 16), "gemm"),
+    (dict(filters=8, kernel_size=1, stride=2), (3, 32, 32), "gemm"),  # 4x the taps as phases
+    (dict(filters=6, kernel_size=5, padding="same", backend="numpy"), (6, 28, 28), "numpy"),
+])
+def test_conv_layer_reports_its_algorithm(layer, input_shape, expected):
+    import fastcnn as fc
+
+    conv = fc.Conv2D(**layer)
+    conv.build(input_shape, np.random.default_rng(0))
+    assert conv.algorithm == expected
+
+
 @pytest.mark.parametrize("kind", ["flat", "phases", "gemm"])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())

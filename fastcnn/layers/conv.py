@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .. import functional, ops
+from .. import functional, kernels, ops
 from ..initializers import initialize
 from .base import Layer, _activation, _as_built, _initializer, _unfused_activation
 from .pooling import MaxPool2D
@@ -72,6 +72,17 @@ class Conv2D(Layer):
         self._sample_elements = max(math.prod(b) for b in buffers)
         self._op = ops.Conv2dOp(self.backend, self.stride, geometry)
         return out
+
+    @property
+    def algorithm(self) -> str:
+        """How this built layer's kernels compute it, fixed by its shape (see
+        `fastcnn.kernels.conv.algorithm`): "flat", "phases" or "gemm"; "numpy" on the
+        NumPy backend."""
+        if self.backend != "numba":
+            return "numpy"
+        _, _, oh, ow = self._op.geometry
+        return kernels.conv.algorithm(self.input_shape[0], *self.kernel_size, *self.stride,
+                                      oh, ow)
 
     def params_as_built(self) -> bool:
         """Whether the weight and bias are plain arrays of the shapes and dtype built."""

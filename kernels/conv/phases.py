@@ -18,7 +18,7 @@ from numba import prange
 from .._jit import jit
 
 # Zero taps the phase kernel may add, as a multiple of the original taps, for the stride-1
-# kernels still to be faster than the direct strided loops (3x3 stride 2: 16 / 9).
+# kernels still to beat the other paths (3x3 stride 2: 16 / 9; see bench/README.md).
 MAX_TAP_GROWTH = 2.0
 
 

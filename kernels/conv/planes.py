@@ -186,7 +186,7 @@ def window_of(argmax, W, pool_h, pool_w):
 @jit(parallel=True)
 def unpooled(dy, y, relu, indices, out_h, out_w, pool_h, pool_w):
     """The pool's backward pass (and the ReLU's, with relu) as a full gradient
-    (N, F, out_h, out_w), for the strided kernels."""
+    (N, F, out_h, out_w), for the matrix path (`gemm`)."""
     N, F, _, _ = dy.shape
     full = np.empty((N, F, out_h, out_w), dtype=dy.dtype)
     offsets = window_offsets(pool_h, pool_w, out_w)
