@@ -234,6 +234,37 @@ def test_conv_layer_reports_its_algorithm(layer, input_shape, expected):
     assert conv.algorithm == expected
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kernel,stride", [(1, (1, 2)), (3, (2, 2)), (5, (2, 2)), (3, (3, 2))])
+def test_phases_keep_non_finite_values_where_they_belong(bad, kernel, stride, rng):
+    """The phase form's zero taps would multiply values the convolution never combines
+    (0 * inf is NaN): with a NaN or an infinity in x (or in dy, for the input gradient)
+    each output is finite or not exactly where the oracle's is."""
+    x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
+    wt = rng.standard_normal((4, 2, kernel, kernel)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    geo = functional.conv_geometry(9, 8, (kernel, kernel), stride, "same")
+    pt, pl, oh, ow = geo
+    assert conv_kernels.algorithm(2, kernel, kernel, *stride, oh, ow) == "phases"
+    for n, c, i, j in [(0, 0, 0, 1), (1, 1, 4, 5), (2, 0, 8, 7)]:
+        xb = x.copy()
+        xb[n, c, i, j] = bad
+        y = kernels.conv2d_forward(xb, wt, b, *stride, *geo, False)
+        expected = reference.conv2d_forward(xb, wt, b, *stride, *geo, False)
+        np.testing.assert_array_equal(np.isfinite(y), np.isfinite(expected))
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dy[n, 0, min(i, oh - 1), min(j, ow - 1)] = bad
+        dx = kernels.conv2d_backward_input(dy, wt, 9, 8, *stride, pt, pl)
+        np.testing.assert_array_equal(
+            np.isfinite(dx),
+            np.isfinite(reference.conv2d_backward_input(dy, wt, 9, 8, *stride, pt, pl)))
+        _, dw, _ = kernels.conv2d_backward(xb, wt, dy, y, False, *stride, pt, pl, True)
+        np.testing.assert_array_equal(
+            np.isfinite(dw),
+            np.isfinite(reference.conv2d_backward_weight(xb, dy, kernel, kernel, *stride, pt,
+                                                         pl)[0]))
+
+
 @pytest.mark.parametrize("kind", ["flat", "phases", "gemm"])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())

@@ -25,6 +25,7 @@ from .._tuning import DOT_FILTERS, FORWARD_CHUNK, GRAD_CHUNK, SPLIT_WORK
 from .flat import conv2d_backward_s1, conv2d_forward_s1
 from .gemm import conv2d_backward_gemm, conv2d_forward_gemm
 from .phases import (
+    all_finite,
     from_phases,
     phase_kernel,
     phase_weight,
@@ -70,9 +71,15 @@ def algorithm(channels, kernel_h, kernel_w, stride_h, stride_w, out_h, out_w):
     return "gemm"
 
 
-def _kind(weight, stride_h, stride_w, out_h, out_w):
+def _kind(weight, stride_h, stride_w, out_h, out_w, data=None):
+    """The shape's algorithm, but "gemm" for "phases" unless data (the array whose values
+    the phase form's zero taps multiply: x forward, dy for the input gradient) is all
+    finite (see `phases`)."""
     F, C, KH, KW = weight.shape
-    return algorithm(C, KH, KW, stride_h, stride_w, out_h, out_w)
+    kind = algorithm(C, KH, KW, stride_h, stride_w, out_h, out_w)
+    if kind == "phases" and data is not None and not all_finite(data):
+        return "gemm"
+    return kind
 
 
 def _phase_geometry(out_h, out_w, KH, KW, stride_h, stride_w):
@@ -115,7 +122,7 @@ def _conv_pool(x, weight, bias, stride_h, stride_w, pad_top, pad_left, out_h, ou
                pool_h, pool_w, want_indices):
     """(y, indices or None) of conv2d_pool_forward_with_indices, for any stride."""
     F, _, KH, KW = weight.shape
-    kind = _kind(weight, stride_h, stride_w, out_h, out_w)
+    kind = _kind(weight, stride_h, stride_w, out_h, out_w, x)
     if kind == "phases":
         kh, kw, Hq, Wq = _phase_geometry(out_h, out_w, KH, KW, stride_h, stride_w)
         xq = to_phases(x, stride_h, stride_w, pad_top, pad_left, Hq, Wq)
@@ -226,7 +233,7 @@ def _backward(x, weight, dy, y, relu, stride_h, stride_w, pad_top, pad_left, nee
     _, _, H, W = x.shape
     _, _, KH, KW = weight.shape
     _, _, OH, OW = dy.shape
-    kind = _kind(weight, stride_h, stride_w, OH, OW)
+    kind = _kind(weight, stride_h, stride_w, OH, OW, dy if need_input_grad else None)
     if kind == "phases":
         return _backward_phases(x, weight, dy, y, relu, _NO_INDICES, 1, 1, H, W, stride_h,
                                 stride_w, pad_top, pad_left, OH, OW, True, need_input_grad,
@@ -264,7 +271,7 @@ def _pool_backward(x, weight, dy, y, indices, relu, stride_h, stride_w, pad_top,
                    out_h, out_w, pool_h, pool_w, need_input_grad, parts):
     """conv2d_pool_backward, or with parts conv2d_pool_backward_parts."""
     _, _, H, W = x.shape
-    kind = _kind(weight, stride_h, stride_w, out_h, out_w)
+    kind = _kind(weight, stride_h, stride_w, out_h, out_w, dy if need_input_grad else None)
     if kind == "phases":
         return _backward_phases(x, weight, dy, y, relu, indices, pool_h, pool_w, H, W, stride_h,
                                 stride_w, pad_top, pad_left, out_h, out_w, True,
@@ -306,7 +313,7 @@ def conv2d_backward_input(dy, weight, in_h, in_w, stride_h, stride_w, pad_top, p
     """
     _, _, OH, OW = dy.shape
     F, C, _, _ = weight.shape
-    kind = _kind(weight, stride_h, stride_w, OH, OW)
+    kind = _kind(weight, stride_h, stride_w, OH, OW, dy)
     if kind == "phases":
         return _backward_phases(dy, weight, dy, dy, False, _NO_INDICES, 1, 1, in_h, in_w,
                                 stride_h, stride_w, pad_top, pad_left, OH, OW, False, True,
