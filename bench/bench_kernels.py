@@ -12,6 +12,10 @@ calls for conv1: ReLU mask, weight and bias gradients, and the input gradient, i
 `loss-softmax-cross-entropy` is the loss and its gradient over 10 classes.
 `activation-NAME` is the element-wise pass that `activation=NAME` runs after conv2
 (float32 sigmoid and tanh are vectorised approximations, kernels/mathf.py).
+
+`suite-LAYER-PASS` (test_suite_layer) is each distinct convolution of the performance
+suite (`suite.py`; `layers.py` reports the same in GFLOP/s beside the sgemm roofline):
+its forward pass with ReLU, input gradient and weight gradient, Numba and NumPy only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from harness import CORES, SAME_5x5, fast_mode
+from layers import PASSES, suite_convolutions
 
 from fastcnn import kernels, naive, reference
 from fastcnn.ops import ACTIVATIONS
@@ -43,7 +48,8 @@ def pytest_generate_tests(metafunc):
     cases = [("numba", b, t) for b in batches for t in (1, 2)]
     # NumPy and the loops don't use Numba threads; BLAS is pinned to one thread.
     cases += [("numpy", b, 1) for b in batches]
-    cases.append(("naive", FAST_NAIVE_BATCH if fast else NAIVE_BATCH, 1))
+    if metafunc.function.__name__ != "test_suite_layer":  # the loops: SEED-ARCH's shapes
+        cases.append(("naive", FAST_NAIVE_BATCH if fast else NAIVE_BATCH, 1))
     params = [pytest.param(*c, id=f"{c[0]}-b{c[1]}-t{c[2]}", marks=pytest.mark.skipif(
         c[2] > CORES, reason=f"needs {c[2]} cores, this machine has {CORES}")) for c in cases]
     # `threads` is the conftest fixture that sets (and restores) fastcnn's threads.
@@ -117,3 +123,38 @@ def test_kernel(run_benchmark, benchmark, op, impl, batch, threads):
     outs = out if isinstance(out, tuple) else (out,)
     assert [None if o is None else np.shape(o) for o in outs] == shapes
     assert all(np.isfinite(o).all() for o in outs if isinstance(o, np.ndarray | np.floating))
+
+
+SUITE_LAYERS = {shape.label.replace("->", "to").replace(" on ", "-").replace(" ", "-"): shape
+                for _, shape in suite_convolutions()}
+
+
+def suite_case(shape, conv_pass: str, batch: int):
+    """(function name, args, expected output shapes) of one pass of a suite convolution."""
+    rng = np.random.default_rng(0)
+    pt, pl, oh, ow = shape.geometry
+    (sh, sw), (kh, kw) = shape.stride, shape.kernel
+    c, h, w, f = shape.channels, shape.height, shape.width, shape.filters
+    x = rng.standard_normal((batch, c, h, w), np.float32)
+    weight = (rng.standard_normal((f, c, kh, kw)) * 0.1).astype(np.float32)
+    dy = rng.standard_normal((batch, f, oh, ow), np.float32)
+    if conv_pass == "forward":
+        return ("conv2d_forward", (x, weight, np.zeros(f, np.float32), sh, sw, pt, pl, oh, ow,
+                                   shape.relu), [(batch, f, oh, ow)])
+    if conv_pass == "input":
+        return ("conv2d_backward_input", (dy, weight, h, w, sh, sw, pt, pl),
+                [(batch, c, h, w)])
+    return ("conv2d_backward_weight", (x, dy, kh, kw, sh, sw, pt, pl),
+            [(f, c, kh, kw), (f,)])
+
+
+@pytest.mark.parametrize("conv_pass", PASSES)
+@pytest.mark.parametrize("layer", SUITE_LAYERS)
+def test_suite_layer(run_benchmark, benchmark, layer, conv_pass, impl, batch, threads):
+    name, args, shapes = suite_case(SUITE_LAYERS[layer], conv_pass, batch)
+    benchmark.group = f"suite-{layer}-{conv_pass}"
+    out = run_benchmark(getattr(IMPLS[impl], name), *args, batch=batch, impl=impl,
+                        threads=threads)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert [np.shape(o) for o in outs] == shapes
+    assert all(np.isfinite(o).all() for o in outs)
