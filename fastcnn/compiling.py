@@ -29,8 +29,10 @@ from numba.core import event
 from tqdm import tqdm
 
 from .kernels import _jit
+from .kernels._tuning import WARMUP_BATCHES
 
 _KERNELS = "fastcnn.kernels."
+
 # Measured cold compiles of a whole training run (SEED-ARCH) on these 2-core machines.
 ESTIMATE = "about 30-60 s on 2 cores"
 
@@ -42,7 +44,7 @@ def cache_location() -> str:
     from .kernels.conv import flat
 
     # Numba's choice: beside the sources, else NUMBA_CACHE_DIR or the user's cache folder.
-    kernel = flat.conv2d_forward_s1
+    kernel = flat._forward_s1_task
     path = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
     return str(path) if path else "Numba's cache folder"
 
@@ -58,7 +60,7 @@ def cache_is_cold() -> bool:
     from .kernels.conv import flat
 
     try:
-        index = flat.conv2d_backward_s1._cache._cache_file._index_path  # Numba's layout
+        index = flat._backward_s1_task._cache._cache_file._index_path  # Numba's layout
     except AttributeError:
         return False
     return not Path(index).exists()
@@ -68,7 +70,7 @@ def cache_is_writable() -> bool:
     """Whether this process can write the kernels' cache folder (or create it)."""
     from .kernels.conv import flat
 
-    path = getattr(getattr(flat.conv2d_forward_s1, "_cache", None), "_cache_path", None)
+    path = getattr(getattr(flat._forward_s1_task, "_cache", None), "_cache_path", None)
     if not _jit.CACHE or path is None:
         return False
     folder = Path(path)
@@ -98,9 +100,10 @@ def compile_backward(dtype: str, layers: tuple[str, ...]) -> None:
         ops.Conv2dOp("numba", (1, 1), (1, 1, 4, 4)).backward(
             x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True)
     if "dense" in layers:
-        flat = x.reshape(1, -1)
-        y = np.zeros((1, 2), dtype=dtype)
-        ops.DenseOp("numba").backward(flat, np.zeros((16, 2), dtype=dtype), y, y, True)
+        for n in WARMUP_BATCHES:  # its two paths
+            flat = np.zeros((n, 16), dtype=dtype)
+            y = np.zeros((n, 2), dtype=dtype)
+            ops.DenseOp("numba").backward(flat, np.zeros((16, 2), dtype=dtype), y, y, True)
 
 
 def compile_backward_silently(dtype: str, layers: tuple[str, ...]

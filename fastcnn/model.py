@@ -14,6 +14,7 @@ import numpy as np
 from . import metrics
 from .augment import Augmentation
 from .data import MEAN, STD
+from .kernels._tuning import WARMUP_BATCHES
 from .layers import LAYERS, Layer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Optimizer
@@ -167,19 +168,20 @@ class Sequential:
         start = time.perf_counter()
         # A training pass updates buffers (BatchNorm's running statistics): put them back.
         buffers = [{k: a.copy() for k, a in layer.buffers.items()} for layer in self.layers]
-        # Every batch size runs the same kernels: two samples compile them all.
-        n = 2
-        x = np.zeros((n, *self.input_shape), dtype=self.dtype)
-        self.forward(x)
-        self.loss(self.forward(x, training=True, rng=np.random.default_rng(0)),
-                  np.zeros(n, dtype=np.int64))
-        if before_backward is not None:
-            before_backward()
-        self.backward(self.loss.backward())
         if optimizer is not None:
-            # A copy steps copies of the weights: the first epoch then times no compiling.
+            # A copy steps copies of the weights (with zero gradients, so that it compiles
+            # while another process may compile the backward kernels): the first epoch
+            # then times no compiling.
             copy.deepcopy(optimizer).step([p.copy() for p in self.parameters()],
-                                          self.gradients())
+                                          [np.zeros_like(p) for p in self.parameters()])
+        for i, n in enumerate(WARMUP_BATCHES):  # every path of every kernel
+            x = np.zeros((n, *self.input_shape), dtype=self.dtype)
+            self.forward(x)
+            self.loss(self.forward(x, training=True, rng=np.random.default_rng(0)),
+                      np.zeros(n, dtype=np.int64))
+            if i == 0 and before_backward is not None:
+                before_backward()
+            self.backward(self.loss.backward())
         for layer, saved in zip(self.layers, buffers, strict=True):
             layer.buffers.update(saved)
         return time.perf_counter() - start

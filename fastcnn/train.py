@@ -42,7 +42,6 @@ from .augment import Augmentation
 from .cli import ArgumentParser, CLIError, run_cli, threads_option
 from .compiling import (
     announce_if_cold,
-    compile_backward,
     compile_beside,
     compile_progress,
     usable_cpus,
@@ -446,9 +445,9 @@ def _train(args: argparse.Namespace, given: set[str], comm: Any) -> int:
                        f"{args.checkpoint_dir}, or delete it to start afresh")
     # First, before the data load: a fresh install should hear at once why it waits.
     announced = lead and args.backend == "numba" and announce_if_cold()
-    # A cold cache: a second process compiles the convolution's backward kernel (the
-    # longest) meanwhile; this one compiles the rest.
-    beside = compile_beside("float32", ("conv",)) if announced else None
+    # A cold cache: a second process compiles the backward kernels meanwhile; this one
+    # compiles the rest.
+    beside = compile_beside("float32", ("conv", "dense")) if announced else None
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)
@@ -485,16 +484,11 @@ def _train(args: argparse.Namespace, given: set[str], comm: Any) -> int:
         except (TypeError, ValueError) as exc:
             raise CLIError(f"cannot resume from {ckpt_file}: {exc}") from None
 
-    def before_backward() -> None:
-        # The dense backward compiles here while the helper compiles the conv's.
-        compile_backward("float32", ("dense",))
-        beside.wait()
-
     if not lead:  # rank 0 compiles into the cache; the others then load from it
         wait(comm.Ibarrier(), max(args.mpi_timeout, COMPILE_TIMEOUT), comm.Get_rank(),
              "waiting for rank 0 to compile the kernels")
     with compile_progress(quiet=args.quiet or not lead, announced=announced) as compile_log:
-        compile_seconds = model.warmup(optimizer, None if beside is None else before_backward)
+        compile_seconds = model.warmup(optimizer, None if beside is None else beside.wait)
     if lead and comm is not None:
         wait(comm.Ibarrier(), args.mpi_timeout, 0, "after compiling the kernels")
     if beside is not None:

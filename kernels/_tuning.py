@@ -42,6 +42,10 @@ DOT_FILTERS = 3 if _vector_registers_are_wide() else 2
 # in place rather than pay for its transpose.
 DENSE_TILE = 16
 DENSE_SMALL_BATCH = 16
+
+# Batch sizes that between them take every path of every kernel (the dense layer's take
+# another from DENSE_SMALL_BATCH samples on): what warming up a model runs.
+WARMUP_BATCHES = (2, DENSE_SMALL_BATCH)
 # Optimiser updates: elements per parallel task.
 OPTIM_CHUNK = 4096
 # The notebook-compatible per-sample kernels: samples per pass over a dense weight, so

@@ -13,9 +13,9 @@ samples both passes read the weight in place instead of transposing it.
 """
 
 import numpy as np
-from numba import prange
 
 from ._jit import FASTMATH, jit
+from ._tasks import run_tasks
 from ._tuning import DENSE_SMALL_BATCH, DENSE_TILE
 
 
@@ -90,51 +90,63 @@ def _rows3(acc, a, i0, B):
         t += 1
 
 
-@jit(parallel=True, fastmath=FASTMATH)
-def _dense_forward(x, weight, bias, relu):
-    N, K = x.shape
+@jit(fastmath=FASTMATH)
+def _forward_rows_task(x, weight, bias, relu, y, t):
+    """Rows 3t ... 3t + 2 of y = x @ weight + bias (ReLU'd if relu): rows of weight as
+    taps, reading the weight once with no transpose (few samples)."""
+    N = x.shape[0]
     U = weight.shape[1]
-    y = np.empty((N, U), dtype=x.dtype)
-    if N < DENSE_SMALL_BATCH:
-        # Few samples: rows of weight as taps, reading the weight once with no transpose.
-        for t in prange((N + 2) // 3):
-            acc = np.empty((3, U), dtype=x.dtype)
-            _rows3(acc, x, 3 * t, weight)
-            for r in range(min(3, N - 3 * t)):
-                for u in range(U):
-                    v = acc[r, u] + bias[u]
-                    if relu and v < 0:
-                        v = 0
-                    y[3 * t + r, u] = v
-        return y
-    wt = np.empty((U, K), dtype=x.dtype)
-    for t in prange((K + DENSE_TILE - 1) // DENSE_TILE):
-        _transpose_into(wt, weight, t)
+    acc = np.empty((3, U), dtype=x.dtype)
+    _rows3(acc, x, 3 * t, weight)
+    for r in range(min(3, N - 3 * t)):
+        for u in range(U):
+            v = acc[r, u] + bias[u]
+            if relu and v < 0:
+                v = 0
+            y[3 * t + r, u] = v
+
+
+@jit()
+def _transpose_task(a, out, t):
+    """Rows t * DENSE_TILE ... of a (R, S) into columns of out (S, R)."""
+    _transpose_into(out, a, t)
+
+
+@jit(fastmath=FASTMATH)
+def _forward_dots_task(x, wt, bias, relu, y, t):
+    """Block t of y = x @ wt.T + bias (ReLU'd if relu): 4 rows x 3 units, as dot
+    products along K."""
+    N, K = x.shape
+    U = wt.shape[0]
     zero = np.zeros(1, dtype=x.dtype)[0]  # sums in the data dtype vectorise
     ub = (U + 2) // 3
-    for t in prange(((N + 3) // 4) * ub):
-        n0 = (t // ub) * 4
-        u0 = (t % ub) * 3
-        # A block past the last row (unit) repeats it; only in-range sums are stored.
-        rows = (x[min(n0, N - 1)], x[min(n0 + 1, N - 1)], x[min(n0 + 2, N - 1)],
-                x[min(n0 + 3, N - 1)])
-        sums = _dots4x3(rows[0], rows[1], rows[2], rows[3], wt[min(u0, U - 1)],
-                        wt[min(u0 + 1, U - 1)], wt[min(u0 + 2, U - 1)], K, zero)
-        for i in range(min(4, N - n0)):
-            for j in range(min(3, U - u0)):
-                v = sums[i][j] + bias[u0 + j]
-                if relu and v < 0:
-                    v = 0
-                y[n0 + i, u0 + j] = v
-    return y
+    n0 = (t // ub) * 4
+    u0 = (t % ub) * 3
+    # A block past the last row (unit) repeats it; only in-range sums are stored.
+    sums = _dots4x3(x[min(n0, N - 1)], x[min(n0 + 1, N - 1)], x[min(n0 + 2, N - 1)],
+                    x[min(n0 + 3, N - 1)], wt[min(u0, U - 1)], wt[min(u0 + 1, U - 1)],
+                    wt[min(u0 + 2, U - 1)], K, zero)
+    for i in range(min(4, N - n0)):
+        for j in range(min(3, U - u0)):
+            v = sums[i][j] + bias[u0 + j]
+            if relu and v < 0:
+                v = 0
+            y[n0 + i, u0 + j] = v
 
 
-@jit(parallel=True, fastmath=FASTMATH)
-def _dense_backward(x, weight, dy, mask, relu, need_input_grad):
-    N, K = x.shape
-    U = weight.shape[1]
-    # dy through the ReLU, with zero columns up to a multiple of 16: rows of the weight
-    # gradient then vectorise with no scalar remainder (the padding is never stored).
+def _transposed(a):
+    """a.T, contiguous, transposed by Numba's threads in tiles of DENSE_TILE rows."""
+    out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    run_tasks(_transpose_task, -(-a.shape[0] // DENSE_TILE), a, out)
+    return out
+
+
+@jit()
+def _masked_gradient(dy, mask, relu):
+    """(g, db): dy through the ReLU, with zero columns up to a multiple of 16 (rows of
+    the weight gradient then vectorise with no scalar remainder; the padding is never
+    stored), and its column sums in float64."""
+    N, U = dy.shape
     Up = (U + 15) // 16 * 16
     g = np.zeros((N, Up), dtype=dy.dtype)
     db = np.zeros(U)
@@ -143,43 +155,50 @@ def _dense_backward(x, weight, dy, mask, relu, need_input_grad):
             v = dy[n, u] if not relu or mask[n, u] > 0 else 0
             g[n, u] = v
             db[u] += v
-    # dw = x.T @ g: three rows of dw per task, samples as taps. x.T is a view (read
-    # with x's strides), so no transposed copy of x is made.
-    dw = np.empty((K, U), dtype=dy.dtype)
-    xt = x.T
-    for t in prange((K + 2) // 3):
-        acc = np.empty((3, Up), dtype=dy.dtype)
-        _rows3(acc, xt, 3 * t, g)
-        for r in range(min(3, K - 3 * t)):
-            for u in range(U):
-                dw[3 * t + r, u] = acc[r, u]
-    # dx = g @ weight.T. Few samples: dot products along the rows of weight, which reads
-    # the weight once. Many: rows of weight.T (length K) as taps, which vectorise better
-    # than dot products of length U but need the transpose.
-    dx = np.empty((N if need_input_grad else 0, K), dtype=dy.dtype)
-    if need_input_grad and N < DENSE_SMALL_BATCH:
-        zero = np.zeros(1, dtype=dy.dtype)[0]
-        nb = (N + 2) // 3
-        for t in prange(((K + 3) // 4) * nb):
-            k0 = (t // nb) * 4
-            n0 = (t % nb) * 3
-            sums = _dots4x3(weight[min(k0, K - 1)], weight[min(k0 + 1, K - 1)],
-                            weight[min(k0 + 2, K - 1)], weight[min(k0 + 3, K - 1)],
-                            g[min(n0, N - 1)], g[min(n0 + 1, N - 1)], g[min(n0 + 2, N - 1)],
-                            U, zero)
-            for i in range(min(4, K - k0)):
-                for j in range(min(3, N - n0)):
-                    dx[n0 + j, k0 + i] = sums[i][j]
-    elif need_input_grad:
-        wt = np.empty((U, K), dtype=dy.dtype)
-        for t in prange((K + DENSE_TILE - 1) // DENSE_TILE):
-            _transpose_into(wt, weight, t)
-        for t in prange((N + 2) // 3):
-            acc = np.empty((3, K), dtype=dy.dtype)
-            _rows3(acc, g[:, :U], 3 * t, wt)
-            for r in range(min(3, N - 3 * t)):
-                dx[3 * t + r] = acc[r]
-    return dx, dw, db
+    return g, db
+
+
+@jit(fastmath=FASTMATH)
+def _weight_grad_task(x, g, dw, t):
+    """Rows 3t ... 3t + 2 of dw = x.T @ g, samples as taps. x.T is a view (read with
+    x's strides), so no transposed copy of x is made."""
+    K, U = dw.shape
+    acc = np.empty((3, g.shape[1]), dtype=g.dtype)
+    _rows3(acc, x.T, 3 * t, g)
+    for r in range(min(3, K - 3 * t)):
+        for u in range(U):
+            dw[3 * t + r, u] = acc[r, u]
+
+
+@jit(fastmath=FASTMATH)
+def _input_grad_dots_task(weight, g, dx, t):
+    """Block t of dx = g @ weight.T, 4 inputs x 3 samples, as dot products along the
+    rows of weight, which reads the weight once (few samples)."""
+    N, K = dx.shape
+    U = weight.shape[1]
+    zero = np.zeros(1, dtype=g.dtype)[0]
+    nb = (N + 2) // 3
+    k0 = (t // nb) * 4
+    n0 = (t % nb) * 3
+    sums = _dots4x3(weight[min(k0, K - 1)], weight[min(k0 + 1, K - 1)],
+                    weight[min(k0 + 2, K - 1)], weight[min(k0 + 3, K - 1)],
+                    g[min(n0, N - 1)], g[min(n0 + 1, N - 1)], g[min(n0 + 2, N - 1)], U, zero)
+    for i in range(min(4, K - k0)):
+        for j in range(min(3, N - n0)):
+            dx[n0 + j, k0 + i] = sums[i][j]
+
+
+@jit(fastmath=FASTMATH)
+def _input_grad_rows_task(g, wt, dx, t):
+    """Rows 3t ... 3t + 2 of dx = g[:, :U] @ wt: rows of wt (length K) as taps, which
+    vectorise better than dot products of length U (many samples)."""
+    N = dx.shape[0]
+    U = wt.shape[0]
+    acc = np.empty((3, dx.shape[1]), dtype=g.dtype)
+    _rows3(acc, g[:, :U], 3 * t, wt)
+    for r in range(min(3, N - 3 * t)):
+        for k in range(dx.shape[1]):  # a loop: slice assignment compiles its error message
+            dx[3 * t + r, k] = acc[r, k]
 
 
 def dense_forward(x, weight, bias, relu):
@@ -187,7 +206,14 @@ def dense_forward(x, weight, bias, relu):
 
     x: (N, K); weight: (K, U); bias: (U,); all one float dtype. Returns y: (N, U).
     """
-    return _dense_forward(x, weight, bias, relu)
+    N, U = x.shape[0], weight.shape[1]
+    y = np.empty((N, U), dtype=x.dtype)
+    if N < DENSE_SMALL_BATCH:
+        run_tasks(_forward_rows_task, -(-N // 3), x, weight, bias, relu, y)
+    else:
+        run_tasks(_forward_dots_task, -(-N // 4) * -(-U // 3), x, _transposed(weight), bias,
+                  relu, y)
+    return y
 
 
 def dense_backward(x, weight, dy, y, relu, need_input_grad):
@@ -197,5 +223,15 @@ def dense_backward(x, weight, dy, y, relu, need_input_grad):
     output and dy is first zeroed where y <= 0. Returns (dx: (N, K) or None when not
     need_input_grad, dw: (K, U), db: (U,)).
     """
-    dx, dw, db = _dense_backward(x, weight, dy, y, relu, need_input_grad)
-    return (dx if need_input_grad else None), dw, db.astype(dy.dtype)
+    (N, K), U = x.shape, weight.shape[1]
+    g, db = _masked_gradient(dy, y, relu)
+    dw = np.empty((K, U), dtype=dy.dtype)
+    run_tasks(_weight_grad_task, -(-K // 3), x, g, dw)
+    dx = None
+    if need_input_grad:
+        dx = np.empty((N, K), dtype=dy.dtype)
+        if N < DENSE_SMALL_BATCH:
+            run_tasks(_input_grad_dots_task, -(-K // 4) * -(-N // 3), weight, g, dx)
+        else:
+            run_tasks(_input_grad_rows_task, -(-N // 3), g, _transposed(weight), dx)
+    return dx, dw, db.astype(dy.dtype)

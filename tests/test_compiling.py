@@ -69,9 +69,10 @@ def test_a_fresh_cache_is_compiled_in_two_processes_and_then_loads(tmp_path):
     assert cold.returncode == 0, cold.stderr
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["processes"] == 2 and report["compiled_in_main_process"] == []
-    kernels = {(row["kernel"], "float64" in row["types"]) for row in report["kernels"]}
-    assert {("conv.flat.conv2d_backward_s1", False), ("conv.flat.conv2d_backward_s1", True),
-            ("dense._dense_backward", False), ("compat.softmax_forward", True)} <= kernels
+    # (name, float64): a float32 kernel's weight-gradient parts are float64 arrays.
+    kernels = {(row["kernel"], "float32" not in row["types"]) for row in report["kernels"]}
+    assert {("conv.flat._backward_s1_task", False), ("conv.flat._backward_s1_task", True),
+            ("dense._weight_grad_task", False), ("compat.softmax_forward", True)} <= kernels
     # One announcement: the workers are silent.
     assert cold.stderr.count("fastcnn: compiling its kernels") == 1
     warm = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -91,8 +92,8 @@ def _train_cold(tmp_path, *args):
 
 
 def test_a_cold_training_run_compiles_beside_and_trains_bit_identically(tmp_path):
-    """On an empty cache, train hands the convolution's backward kernel to a second
-    process and loads it from the cache: the model is the one a warm run trains."""
+    """On an empty cache, train hands the backward kernels to a second process and loads
+    them from the cache: the model is the one a warm run trains."""
     metrics = []
     for name in ("cold", "warm"):
         proc = _train_cold(tmp_path, "--dataset", "sample", "--epochs", "1", "--limit", "640",
@@ -101,9 +102,13 @@ def test_a_cold_training_run_compiles_beside_and_trains_bit_identically(tmp_path
         assert proc.returncode == 0, proc.stderr
         metrics.append(json.loads((tmp_path / f"{name}.json").read_text()))
     cold, warm = metrics
-    assert cold["compiled_in_second_process"] == ["conv.flat.conv2d_backward_s1"]
+    beside = cold["compiled_in_second_process"]
+    assert {"conv.flat._backward_s1_task", "dense._weight_grad_task"} <= set(beside)
+    assert "conv.flat._forward_s1_task" not in beside
     kernels = [row["kernel"] for row in cold["compiled_kernels"]]
-    assert kernels.count("conv.flat.conv2d_backward_s1") == 1 and "dense._dense_backward" in kernels
+    # Compiled once, in the second process: this one loaded them from the cache.
+    assert kernels.count("conv.flat._backward_s1_task") == 1
+    assert kernels.count("dense._weight_grad_task") == 1 and "conv.flat._forward_s1_task" in kernels
     assert warm["compiled_kernels"] == [] and warm["compiled_in_second_process"] == []
     with np.load(tmp_path / "cold" / "model.npz") as a, \
             np.load(tmp_path / "warm" / "model.npz") as b:
@@ -141,9 +146,9 @@ def test_the_drop_in_compiles_its_conv_backward_beside_on_a_cold_cache(tmp_path)
         assert proc.returncode == 0, proc.stderr
         runs.append(json.loads(proc.stdout.splitlines()[-1]))
     cold, warm = runs
-    assert "conv.flat.conv2d_forward_s1" in cold["compiled"]
-    assert "conv.flat.conv2d_backward_s1" not in cold["compiled"]  # loaded: compiled beside
-    assert list((tmp_path / "cache").rglob("*conv2d_backward_s1*.nbi"))
+    assert "conv.flat._forward_s1_task" in cold["compiled"]
+    assert "conv.flat._backward_s1_task" not in cold["compiled"]  # loaded: compiled beside
+    assert list((tmp_path / "cache").rglob("*_backward_s1_task*.nbi"))
     assert warm["compiled"] == [] and cold["kernels"] == warm["kernels"]
 
 
@@ -170,7 +175,7 @@ def test_a_failing_cold_run_does_not_wait_for_the_second_process(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     # The helper was stopped with the run, long before it could cache the kernel.
     assert (tmp_path / "cache").exists()
-    assert not list((tmp_path / "cache").rglob("*conv2d_backward_s1*.nbc"))
+    assert not list((tmp_path / "cache").rglob("*_backward_s1_task*.nbc"))
 
 
 def _run(*args):

@@ -137,7 +137,7 @@ STALE_PROBE = textwrap.dedent("""
     x = np.ones((1, 1, 6, 6), dtype=np.float32)
     y = conv.conv2d_forward(x, np.ones((1, 1, 3, 3), dtype=np.float32),
                             np.zeros(1, dtype=np.float32), 1, 1, 0, 0, 4, 4, False)
-    k = flat.conv2d_forward_s1
+    k = flat._forward_s1_task
     print(json.dumps({"hits": sum(k.stats.cache_hits.values()),
                       "misses": sum(k.stats.cache_misses.values()), "y": float(y[0, 0, 0, 0])}))
 """)

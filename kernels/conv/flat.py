@@ -8,9 +8,9 @@ added in order, so no result depends on the thread count or the number of groups
 """
 
 import numpy as np
-from numba import prange
 
 from .._jit import FASTMATH, jit
+from .._tasks import run_tasks
 from .._tuning import FORWARD_CHUNK, GRAD_CHUNK
 from .planes import crop_rows, flat_plane, pool_rows, sum_parts, unpool_plane, window_offsets
 from .taps import add_taps, add_taps3, dot_taps, dot_taps2, dot_taps3
@@ -18,14 +18,11 @@ from .taps import add_taps, add_taps3, dot_taps, dot_taps2, dot_taps3
 
 @jit(fastmath=FASTMATH)
 def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                     want_indices, y, indices, t, g, groups):
-    """Samples t * FORWARD_CHUNK ... of conv2d_forward_s1, into y and indices: of their
-    filter triples, those numbered g, g + groups, ... (each sample is padded by each group).
-
-    A function of its own, called with int64 indices (a prange index is uint64 inside the
-    parallel loop, which would compile a second copy): inlined into the kernel, it was
-    compiled again for the parallel loop and for each caller.
-    """
+                     want_indices, y, indices, groups, task):
+    """Task `task` of conv2d_forward_s1: samples t * FORWARD_CHUNK ... (t = task // groups)
+    into y and indices; of their filter triples, those numbered g, g + groups, ...
+    (g = task % groups; each sample is padded by each group)."""
+    t, g = task // groups, task % groups
     N, C, _, _ = x.shape
     F, _, KH, KW = weight.shape
     L = out_h * Wp
@@ -60,20 +57,8 @@ def _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, po
                     crop_rows(y[n, f0 + k], acc[k], 0, Wp, relu)
 
 
-@jit(inline="always")
-def _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_indices):
-    """(y, indices), empty, for the stride-1 forward kernels."""
-    N = x.shape[0]
-    F = weight.shape[0]
-    y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
-    indices = np.empty((N if want_indices else 0, F, out_h // pool_h, out_w // pool_w),
-                      dtype=np.uint8)
-    return y, indices
-
-
-@jit(parallel=True, fastmath=FASTMATH)
 def conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, relu, pool_h,
-                       pool_w, want_indices, groups):
+                      pool_w, want_indices, groups):
     """Stride 1: y = conv(x, weight) + bias, optionally followed by ReLU, then max-pooled
     over non-overlapping pool_h x pool_w windows (1 x 1: no pooling).
 
@@ -86,23 +71,26 @@ def conv2d_forward_s1(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, out_w, 
     chunk's filter triples between tasks, for batches too small to keep every thread
     busy; each output is computed the same way for any number of groups.
     """
-    y, indices = _forward_s1_outputs(x, weight, out_h, out_w, pool_h, pool_w, want_indices)
-    for t in prange((x.shape[0] + FORWARD_CHUNK - 1) // FORWARD_CHUNK * groups):
-        i = np.int64(t)
-        _forward_s1_task(x, weight, bias, pad_top, pad_left, Hp, Wp, out_h, relu, pool_h, pool_w,
-                         want_indices, y, indices, i // groups, i % groups, groups)
+    N = x.shape[0]
+    F = weight.shape[0]
+    y = np.empty((N, F, out_h // pool_h, out_w // pool_w), dtype=x.dtype)
+    indices = np.empty((N if want_indices else 0, F, out_h // pool_h, out_w // pool_w),
+                       dtype=np.uint8)
+    run_tasks(_forward_s1_task, -(-N // FORWARD_CHUNK) * groups, x, weight, bias, pad_top,
+              pad_left, Hp, Wp, out_h, relu, pool_h, pool_w, want_indices, y, indices, groups)
     return y, indices
 
 
 @jit(fastmath=FASTMATH)
 def _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h, in_w,
                       pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
-                      dot_filters, dx, dw_parts, db_parts, k, g, groups):
-    """Chunk k (samples k * GRAD_CHUNK ...) of conv2d_backward_s1: its input gradients
-    into dx, its weight and bias gradients into dw_parts[k] and db_parts[k]; of the
-    weight gradient's passes (dot_filters filters each) and the input gradient's channel
-    triples, those numbered g, g + groups, ... A function of its own, for the reason
-    _forward_s1_task gives."""
+                      dot_filters, dx, dw_parts, db_parts, groups, task):
+    """Task `task` of conv2d_backward_s1, for chunk k = task // groups (samples
+    k * GRAD_CHUNK ...): its input gradients into dx, its weight and bias gradients into
+    dw_parts[k] and db_parts[k]; of the weight gradient's passes (dot_filters filters
+    each) and the input gradient's channel triples, those numbered g, g + groups, ...
+    (g = task % groups)."""
+    k, g = task // groups, task % groups
     N, F, _, _ = dy.shape
     _, C, KH, KW = weight_flipped.shape
     pooled = pool_h * pool_w > 1
@@ -173,23 +161,9 @@ def _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped
                     crop_rows(dx[n, c0 + j], acc[j], pad_left, Wp, False)
 
 
-@jit(inline="always")
-def _backward_s1_outputs(dy, weight_flipped, in_h, in_w, need_input_grad):
-    """(dx, dw_parts, db_parts), dx empty and the partial sums zero, for the stride-1
-    backward kernels."""
-    N, F, _, _ = dy.shape
-    _, C, KH, KW = weight_flipped.shape
-    chunks = (N + GRAD_CHUNK - 1) // GRAD_CHUNK
-    dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
-    db_parts = np.zeros((chunks, F))
-    dx = np.empty((N if need_input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
-    return dx, dw_parts, db_parts
-
-
-@jit(parallel=True, fastmath=FASTMATH)
 def conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h,
-                        in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
-                        dot_filters, groups):
+                       in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
+                       dot_filters, groups):
     """Stride 1: the weight, bias and input gradients in one pass over the batch.
 
     dy: (N, F, out_h, OW), taken as zero where relu and mask (same shape) <= 0 (the
@@ -215,11 +189,13 @@ def conv2d_backward_s1(x, dy, mask, relu, indices, pool_h, pool_w, weight_flippe
     are added in order at the end, so every bit of the result is the same for any thread
     count and any number of groups.
     """
-    dx, dw_parts, db_parts = _backward_s1_outputs(dy, weight_flipped, in_h, in_w, need_input_grad)
-    for t in prange(dw_parts.shape[0] * groups):
-        i = np.int64(t)
-        _backward_s1_task(x, dy, mask, relu, indices, pool_h, pool_w, weight_flipped, in_h,
-                          in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad, need_input_grad,
-                          dot_filters, dx, dw_parts, db_parts, i // groups, i % groups, groups)
+    N, F, _, _ = dy.shape
+    _, C, KH, KW = weight_flipped.shape
+    chunks = -(-N // GRAD_CHUNK)
+    dw_parts = np.zeros((chunks, F, C, KH, KW))  # float64 across samples
+    db_parts = np.zeros((chunks, F))
+    dx = np.empty((N if need_input_grad else 0, C, in_h, in_w), dtype=dy.dtype)
+    run_tasks(_backward_s1_task, chunks * groups, x, dy, mask, relu, indices, pool_h, pool_w,
+              weight_flipped, in_h, in_w, pad_top, pad_left, Hp, Wp, out_h, need_weight_grad,
+              need_input_grad, dot_filters, dx, dw_parts, db_parts, groups)
     return dx, dw_parts, db_parts, sum_parts(dw_parts), sum_parts(db_parts)
-
