@@ -34,7 +34,7 @@ from .kernels._tuning import WARMUP_BATCHES
 _KERNELS = "fastcnn.kernels."
 
 # Measured cold compiles of a whole training run (SEED-ARCH) on these 2-core machines.
-ESTIMATE = "about 30-60 s on 2 cores"
+ESTIMATE = "about 10-25 s on 2 cores"
 
 
 def cache_location() -> str:

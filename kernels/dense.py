@@ -113,12 +113,11 @@ def _transpose_task(a, out, t):
 
 
 @jit(fastmath=FASTMATH)
-def _forward_dots_task(x, wt, bias, relu, y, t):
+def _forward_dots_task(x, wt, bias, relu, zero, y, t):
     """Block t of y = x @ wt.T + bias (ReLU'd if relu): 4 rows x 3 units, as dot
-    products along K."""
+    products along K; zero: 0 in the data dtype, whose sums vectorise."""
     N, K = x.shape
     U = wt.shape[0]
-    zero = np.zeros(1, dtype=x.dtype)[0]  # sums in the data dtype vectorise
     ub = (U + 2) // 3
     n0 = (t // ub) * 4
     u0 = (t % ub) * 3
@@ -171,12 +170,11 @@ def _weight_grad_task(x, g, dw, t):
 
 
 @jit(fastmath=FASTMATH)
-def _input_grad_dots_task(weight, g, dx, t):
+def _input_grad_dots_task(weight, g, zero, dx, t):
     """Block t of dx = g @ weight.T, 4 inputs x 3 samples, as dot products along the
-    rows of weight, which reads the weight once (few samples)."""
+    rows of weight, which reads the weight once (few samples); zero: 0 in g's dtype."""
     N, K = dx.shape
     U = weight.shape[1]
-    zero = np.zeros(1, dtype=g.dtype)[0]
     nb = (N + 2) // 3
     k0 = (t // nb) * 4
     n0 = (t % nb) * 3
@@ -212,7 +210,7 @@ def dense_forward(x, weight, bias, relu):
         run_tasks(_forward_rows_task, -(-N // 3), x, weight, bias, relu, y)
     else:
         run_tasks(_forward_dots_task, -(-N // 4) * -(-U // 3), x, _transposed(weight), bias,
-                  relu, y)
+                  relu, x.dtype.type(0), y)
     return y
 
 
@@ -231,7 +229,8 @@ def dense_backward(x, weight, dy, y, relu, need_input_grad):
     if need_input_grad:
         dx = np.empty((N, K), dtype=dy.dtype)
         if N < DENSE_SMALL_BATCH:
-            run_tasks(_input_grad_dots_task, -(-K // 4) * -(-N // 3), weight, g, dx)
+            run_tasks(_input_grad_dots_task, -(-K // 4) * -(-N // 3), weight, g, g.dtype.type(0),
+                      dx)
         else:
             run_tasks(_input_grad_rows_task, -(-N // 3), g, _transposed(weight), dx)
     return dx, dw, db.astype(dy.dtype)
