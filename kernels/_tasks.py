@@ -11,7 +11,8 @@ optimised and turned into machine code five times, which was most of the cold
 compile: the stride-1 convolution's backward kernel took 16.0 s (its task 6.3 s of it).
 Called through a pointer, the task compiles once in its own library (and is cached on
 its own), and the parallel loop that calls it is a small function of the argument
-types (bench/README, *Cold compile*).
+types (bench/README, *Tasks called by address*). The stride-1 convolution (`conv.flat`)
+and the dense layer run this way; `conv.gemm` ran 5-10% slower so and does not.
 
 The address is of the task compiled for exactly the types of ``args`` and an int64,
 Numba's own calling convention, so an exception raised in a task (an IndexError under
