@@ -89,21 +89,36 @@ def announce_if_cold(out: TextIO | None = None) -> bool:
 
 
 def compile_backward(dtype: str, layers: tuple[str, ...]) -> None:
-    """Compile the backward kernels of the stride-1 convolution ("conv") and of the dense
-    layer ("dense") in dtype, on tiny zeros: a kernel's signature depends on types, not
-    shapes, so a training run can compile them before its forward pass produced
-    activations (and have a second process compile some)."""
+    """Compile the backward kernels of the stride-1 convolution ("conv"), of its matrix
+    path ("gemm") and of the dense layer ("dense") in dtype, on tiny zeros: a kernel's
+    signature depends on types, not shapes, so a training run can compile them before
+    its forward pass produced activations (and have a second process compile some)."""
     from . import ops
 
     x = np.zeros((1, 1, 4, 4), dtype=dtype)
     if "conv" in layers:  # the pooled backward runs the same kernel
         ops.Conv2dOp("numba", (1, 1), (1, 1, 4, 4)).backward(
             x, np.zeros((1, 1, 3, 3), dtype=dtype), x, x, True)
+    if "gemm" in layers:  # a 32-channel 3x3 convolution on a 4x4 plane takes the matrix path
+        x = np.zeros((1, 32, 4, 4), dtype=dtype)
+        y = np.zeros((1, 1, 4, 4), dtype=dtype)
+        ops.Conv2dOp("numba", (1, 1), (1, 1, 4, 4)).backward(
+            x, np.zeros((1, 32, 3, 3), dtype=dtype), y, y, True)
     if "dense" in layers:
         for n in WARMUP_BATCHES:  # its two paths
             flat = np.zeros((n, 16), dtype=dtype)
             y = np.zeros((n, 2), dtype=dtype)
             ops.DenseOp("numba").backward(flat, np.zeros((16, 2), dtype=dtype), y, y, True)
+
+
+def backward_kernels(model: Any) -> tuple[str, ...]:
+    """The `compile_backward` layers a model's training runs: "conv" for its stride-1 and
+    phase-plane convolutions, "gemm" for those on the matrix path, and "dense"."""
+    from .layers.conv import Conv2D
+
+    algorithms = {layer.algorithm for layer in model.layers if isinstance(layer, Conv2D)}
+    return ((("conv",) if algorithms & {"flat", "phases"} else ())
+            + (("gemm",) if "gemm" in algorithms else ()) + ("dense",))
 
 
 def compile_backward_silently(dtype: str, layers: tuple[str, ...]

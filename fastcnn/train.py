@@ -42,6 +42,7 @@ from .augment import Augmentation
 from .cli import ArgumentParser, CLIError, run_cli, threads_option
 from .compiling import (
     announce_if_cold,
+    backward_kernels,
     compile_beside,
     compile_progress,
     usable_cpus,
@@ -445,9 +446,9 @@ def _train(args: argparse.Namespace, given: set[str], comm: Any) -> int:
                        f"{args.checkpoint_dir}, or delete it to start afresh")
     # First, before the data load: a fresh install should hear at once why it waits.
     announced = lead and args.backend == "numba" and announce_if_cold()
-    # A cold cache: a second process compiles the backward kernels meanwhile; this one
-    # compiles the rest.
-    beside = compile_beside("float32", ("conv", "dense")) if announced else None
+    # A cold cache: a second process compiles the model's backward kernels meanwhile;
+    # this one compiles the rest.
+    beside = compile_beside("float32", backward_kernels(model)) if announced else None
     try:
         x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.limit)
         x_test, y_test = load_dataset(args.dataset, "test", args.data_dir)

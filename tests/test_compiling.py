@@ -9,7 +9,9 @@ import numba
 import numpy as np
 import pytest
 
+import fastcnn as fc
 from fastcnn import compile as compile_command
+from fastcnn import compiling
 from fastcnn.compiling import compile_progress
 
 
@@ -217,3 +219,25 @@ def test_a_fresh_cache_is_announced_before_anything_else(tmp_path):
     warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert warm.stdout.strip() == "False" and warm.stderr == ""
+
+
+def test_the_second_process_compiles_the_backward_kernels_the_model_runs():
+    """The matrix path's backward kernel goes to the second process only for a model with
+    a convolution on it; its tiny stand-in takes that path (a signature, not a shape)."""
+    from fastcnn.kernels.conv import gemm
+
+    seed = fc.Sequential([fc.Conv2D(6, 5, padding="same", activation="relu"), fc.Flatten(),
+                          fc.Dense(10)], input_shape=(1, 28, 28))
+    deep = fc.Sequential([fc.Conv2D(32, 3, padding="same", activation="relu"),
+                          fc.Conv2D(64, 3, padding="same", activation="relu"), fc.Flatten(),
+                          fc.Dense(10)], input_shape=(1, 8, 8))
+    assert [layer.algorithm for layer in deep.layers[:2]] == ["flat", "gemm"]
+    assert compiling.backward_kernels(seed) == ("conv", "dense")
+    assert compiling.backward_kernels(deep) == ("conv", "gemm", "dense")
+    only_gemm = fc.Sequential([fc.Conv2D(8, 1, stride=2), fc.Flatten(), fc.Dense(10)],
+                              input_shape=(3, 8, 8))
+    assert only_gemm.layers[0].algorithm == "gemm"
+    assert compiling.backward_kernels(only_gemm) == ("gemm", "dense")
+    with compiling.compile_progress(quiet=True):
+        compiling.compile_backward("float32", ("gemm",))
+    assert any("float32" in str(sig) for sig in gemm.conv2d_backward_gemm.signatures)
