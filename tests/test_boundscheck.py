@@ -34,3 +34,19 @@ def test_the_bounds_checked_build_catches_an_out_of_bounds_index():
     proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0 and "IndexError" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_an_index_error_in_a_task_called_by_address_reaches_python():
+    """Tasks run through kernels._tasks are called through a function pointer; their
+    errors still come back as from a direct call. Here a weight with fewer rows than x
+    has columns (which the validation in fastcnn.functional would refuse) makes the
+    dense forward task read past it."""
+    probe = ("import numpy as np; from fastcnn.kernels import dense\n"
+             "x = np.ones((16, 8), np.float32)\n"
+             "dense.dense_forward(x, np.ones((4, 3), np.float32), np.zeros(3, np.float32), "
+             "False)\n")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "FASTCNN_NUMBA_SERIAL": "1",
+           "FASTCNN_NUMBA_CACHE": "0"}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "IndexError" in proc.stderr, proc.stderr[-2000:]
