@@ -314,6 +314,10 @@ def _test_hooks() -> tuple[tuple[int, int, int] | None, float]:
                        f"{delay!r}") from None
 
 
+# How long a failing rank lets its reason line reach mpiexec before aborting the job.
+ABORT_GRACE_SECONDS = 1.0
+
+
 def _silent(*args: object, **kwargs: object) -> None:
     """`print` on the ranks other than 0."""
 
@@ -417,6 +421,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr,
               flush=True)
         code = 1
+    # mpiexec forwards a rank's output asynchronously, and the abort can end the job
+    # before the line above got through (seen in CI: a failed job with empty stderr).
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.Abort(code)
     return code  # not reached: Abort ends the process
 
